@@ -1,0 +1,106 @@
+"""Matching Networks (without full context embeddings).
+
+Vinyals, Blundell, Lillicrap, Kavukcuoglu & Wierstra (2016), "Matching Networks for One Shot
+Learning", NeurIPS. A query is labelled by attention over the support set (Eq. 1):
+
+    P(y | x, S) = sum_i a(x, x_i) y_i,   a(x, x_i) = softmax_i( cos(f(x), g(x_i)) )   (Eq. 2)
+
+with one-hot support labels ``y_i``, trained on the query negative log-likelihood (Sec. 2.2).
+Here ``f = g`` is the Conv4 embedding (Sec. 4.1.1). The full context embeddings (FCE, Sec. 2.1.2:
+a bidirectional LSTM over the support set and an attention LSTM for queries) are **not**
+implemented yet; the paper reports both variants for Omniglot and the non-FCE one is what this
+learner is. Batch norm is transductive (support and query embedded as one batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from metabench.datasets.sampler import Episode
+
+from .backbones import Conv4, accuracy
+from .protocol import EpisodeShape, MetaLearner, StepResult
+
+
+@dataclass(frozen=True)
+class MatchingNetConfig:
+    """Matching Networks hyperparameters.
+
+    Vinyals et al. (2016) do not list optimiser settings; these follow the common Conv4 practice
+    of Snell et al. (2017), whose Omniglot matching-network baseline used the same backbone.
+
+    Attributes:
+        lr: Adam learning rate (1e-3).
+        train_queries: query examples per class in training episodes (``None``: as at test).
+        meta_batch: episodes per update (1).
+    """
+
+    lr: float = 1e-3
+    train_queries: int | None = None
+    meta_batch: int = 1
+
+
+def matching_log_probs(support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, ways: int) -> torch.Tensor:
+    """Log of the attention-weighted label distribution of Vinyals et al. (2016, Eqs. 1-2).
+
+    Args:
+        support: embeddings ``[N*K, D]``; support_y: labels ``[N*K]``; query: embeddings ``[M, D]``.
+
+    Returns:
+        ``[M, ways]`` log-probabilities (rows sum to 1 after ``exp``), usable as logits.
+    """
+    cosine = F.normalize(query, dim=1, eps=1e-8) @ F.normalize(support, dim=1, eps=1e-8).T
+    attention = cosine.softmax(dim=1)  # [M, N*K]
+    probs = attention @ F.one_hot(support_y, ways).to(attention.dtype)  # [M, ways]
+    return probs.clamp_min(1e-12).log()
+
+
+class MatchingNet(MetaLearner):
+    """Matching Networks (Vinyals et al. 2016) with a shared Conv4 embedding, no FCE."""
+
+    title = "Matching Networks"
+    name = "matchingnet"
+    Config = MatchingNetConfig
+
+    def __init__(self, config: MatchingNetConfig, ways, image_shape, total_iterations, device, seed) -> None:
+        super().__init__(config, ways, image_shape, total_iterations, device, seed)
+        channels, height, _ = image_shape
+        self._model = Conv4(channels, height).to(device)
+        self.optimizer = torch.optim.Adam(self._model.parameters(), lr=config.lr)
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model
+
+    def train_shape(self, ways: int, shots: int, queries: int) -> EpisodeShape:
+        q = self.config.train_queries if self.config.train_queries is not None else queries
+        return EpisodeShape(ways, shots, q, self.config.meta_batch)
+
+    def _log_probs(self, ep: Episode) -> torch.Tensor:
+        n_support = ep.support_x.shape[0]
+        z = self._model(torch.cat([ep.support_x, ep.query_x]))
+        return matching_log_probs(z[:n_support], ep.support_y, z[n_support:], ep.ways)
+
+    def meta_train_step(self, episodes: Sequence[Episode]) -> StepResult:
+        self._model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, accs = [], []
+        for ep in episodes:
+            log_probs = self._log_probs(ep)
+            loss = F.nll_loss(log_probs, ep.query_y)
+            (loss / len(episodes)).backward()
+            losses.append(loss.item())
+            accs.append(accuracy(log_probs.detach(), ep.query_y))
+        self.optimizer.step()
+        self.iteration += 1
+        return StepResult(sum(losses) / len(losses), sum(accs) / len(accs))
+
+    @torch.no_grad()
+    def predict(self, episode: Episode) -> torch.Tensor:
+        self._model.eval()
+        return self._log_probs(episode)

@@ -1,0 +1,8 @@
+"""metabench: a benchmark suite for few-shot meta-learning.
+
+Import package layout (see ``design.md``): :mod:`metabench` is the harness (configuration,
+runner, evaluation, statistics, command line), :mod:`metabench.algorithms` the learners and
+backbones, :mod:`metabench.datasets` the data loaders, splits and episode sampler.
+"""
+
+__version__ = "0.1.0"

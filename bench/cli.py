@@ -1,0 +1,112 @@
+"""The ``metabench`` command line.
+
+``metabench run``: train and test meta-learners on shared few-shot episodes, write a run directory
+and print its summary table. Errors are printed as one line, ``metabench: error: ...``, with exit
+status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from metabench import __version__
+from metabench.algorithms import LEARNERS
+from metabench.config import BUDGETS, load_toml, resolve
+from metabench.datasets import DATASETS
+from metabench.errors import ConfigError, MetabenchError
+
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``["maml.inner_lr=0.1", ...]`` -> ``{"maml": {"inner_lr": "0.1"}}``.
+
+    Raises:
+        ConfigError: for an item not of the form ``learner.name=value``.
+    """
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        learner, dot, name = key.partition(".")
+        if not sep or not dot or not learner or not name:
+            raise ConfigError(f"--set {item!r} is not of the form learner.hyperparameter=value (e.g. maml.inner_lr=0.1)")
+        out.setdefault(learner.strip(), {})[name.strip()] = value.strip()
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``metabench`` command."""
+    parser = argparse.ArgumentParser(prog="metabench", description="Benchmark few-shot meta-learners on shared episodes.")
+    parser.add_argument("--version", action="version", version=f"metabench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run", help="train and test learners on shared episodes and write a run directory",
+        description="Train each learner, test all of them on the same episodes, write a run directory, print the summary.",
+    )
+    run.add_argument("--config", help="TOML file with any of the options below (flags override it)")
+    run.add_argument("--dataset", help=f"dataset: {', '.join(DATASETS)} (default omniglot)")
+    run.add_argument("--split", help="class split: " + "; ".join(f"{d}: {', '.join(s)}" for d, s in DATASETS.items()) + " (default vinyals)")
+    run.add_argument("--ways", type=int, help="N classes per test episode (default 5)")
+    run.add_argument("--shots", type=int, help="K support examples per class (default 1)")
+    run.add_argument("--queries", type=int, help="Q query examples per class (default 15)")
+    run.add_argument("--learners", help=f"comma-separated learners (default all: {','.join(LEARNERS)})")
+    run.add_argument("--budget", choices=list(BUDGETS), help="training budget preset (default quick)")
+    run.add_argument("--iterations", type=int, help="meta-iterations for every learner (overrides the budget)")
+    run.add_argument("--test-episodes", type=int, help="test episodes shared by all learners (default 600)")
+    run.add_argument("--val-episodes", type=int, help="validation episodes per learning-curve point")
+    run.add_argument("--curve-points", type=int, help="validation evaluations during training")
+    run.add_argument("--seeds", help="comma-separated training seeds, one run of every learner per seed (default 0)")
+    run.add_argument("--episode-seed", type=int, help="seed of the shared test/validation episodes (default 0)")
+    run.add_argument("--device", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
+    run.add_argument("--data-root", help="folder holding omniglot/ and splits/ (default $METABENCH_DATA, then the user cache)")
+    run.add_argument("--no-download", dest="download", action="store_false", default=None,
+                     help="fail instead of downloading missing data")
+    run.add_argument("--out", help="run directory to create (default runs/<time>-<dataset>-<split>-<N>w<K>s)")
+    run.add_argument("--set", dest="sets", action="append", default=[], metavar="LEARNER.NAME=VALUE",
+                     help="override a hyperparameter, e.g. --set maml.inner_lr=0.1 (repeatable)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def run_values(args: argparse.Namespace) -> dict[str, Any]:
+    """Merge the TOML file (if any) with the flags given on the command line (flags win)."""
+    values: dict[str, Any] = load_toml(args.config) if args.config else {}
+    for key in ("dataset", "split", "ways", "shots", "queries", "learners", "budget", "iterations",
+                "test_episodes", "val_episodes", "curve_points", "seeds", "episode_seed", "device",
+                "data_root", "download", "out"):
+        value = getattr(args, key)
+        if value is not None:
+            values[key] = value
+    if args.sets:
+        hparams = {k: dict(v) for k, v in values.get("hparams", {}).items()}
+        for learner, items in _parse_set(args.sets).items():
+            hparams.setdefault(learner, {}).update(items)
+        values["hparams"] = hparams
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``metabench`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            from metabench.runner import run, summary_markdown  # noqa: F401  (import torch lazily)
+
+            config = resolve(run_values(args))
+            out = run(config, progress=not args.quiet)
+            print((out / "summary.md").read_text())
+            print(f"run directory: {out}")
+        return 0
+    except MetabenchError as exc:
+        print(f"metabench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metabench: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""`metabench run` end to end: a smoke run writes every file; bad input fails cleanly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metabench import cli, runner
+from metabench.algorithms import LEARNERS
+from metabench.datasets import omniglot
+
+RUN_FILES = {"config.json", "environment.json", "episodes.csv", "curves.csv", "summary.csv", "summary.md", "run.json"}
+
+
+def run_cli(*args: str) -> int:
+    return cli.main(["run", "--quiet", *args])
+
+
+def assert_nothing_written(parent: Path) -> None:
+    """No run directory and no partial leftovers."""
+    assert not parent.exists() or list(parent.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_every_output(tmp_path: Path, data_root: Path, capsys, monkeypatch) -> None:
+    seen: dict[str, list[tuple]] = {}
+    real_evaluate = runner.evaluate
+
+    def spy(learner, sampler, count, desc=None):
+        original = learner.predict
+        def predict(ep):
+            seen.setdefault(learner.name, []).append(tuple(a.tobytes() for a in (ep.index.classes, ep.index.support, ep.index.query)))
+            return original(ep)
+        learner.predict = predict
+        return real_evaluate(learner, sampler, count, desc)
+
+    monkeypatch.setattr(runner, "evaluate", spy)
+    out = tmp_path / "runs" / "smoke"
+    assert run_cli("--budget", "smoke", "--test-episodes", "4", "--data-root", str(data_root), "--out", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "| Prototypical Networks |" in printed and str(out) in printed
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+    assert [p.name for p in out.parent.iterdir()] == ["smoke"]  # no partial directory left
+
+    # identical test episodes for every learner
+    assert set(seen) == set(LEARNERS)
+    first = seen["maml"]
+    assert len(first) == 4 and all(seen[name] == first for name in LEARNERS)
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["learners"] == list(LEARNERS) and config["budget"] == "smoke" and config["ways"] == 5
+    env = json.loads((out / "environment.json").read_text())
+    assert env["torch"].startswith("2.") and env["device"] == "cpu" and env["cpu"]
+    meta = json.loads((out / "run.json").read_text())
+    assert len(meta["fingerprint"]) == 64 and meta["wall_seconds"] > 0
+    episodes = pd.read_csv(out / "episodes.csv")
+    assert list(episodes.columns) == ["seed", "learner", "episode", "accuracy", "loss"]
+    assert len(episodes) == 5 * 4 and episodes["accuracy"].between(0, 100).all()
+    curves = pd.read_csv(out / "curves.csv")
+    assert set(curves["learner"]) == set(LEARNERS) and (curves["iteration"].max() == 2)
+    assert curves["val_accuracy"].notna().sum() == 5  # one validation point per learner
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["learner"]) == list(LEARNERS)
+    for row in summary.itertuples():
+        acc = episodes.loc[episodes["learner"] == row.learner, "accuracy"]
+        assert row.accuracy_pct == pytest.approx(acc.mean())
+        assert row.ci95_pct == pytest.approx(1.959963984540054 * acc.std(ddof=1) / np.sqrt(4))
+        assert row.meta_train_s > 0 and row.test_ms_per_episode > 0
+    assert "± " in (out / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_same_fingerprint_for_different_learners(tmp_path: Path, data_root: Path) -> None:
+    common = ("--budget", "smoke", "--test-episodes", "3", "--val-episodes", "0", "--data-root", str(data_root))
+    assert run_cli(*common, "--learners", "protonet", "--out", str(tmp_path / "a")) == 0
+    assert run_cli(*common, "--learners", "matchingnet", "--seeds", "7", "--out", str(tmp_path / "b")) == 0
+    fa = json.loads((tmp_path / "a" / "run.json").read_text())["fingerprint"]
+    fb = json.loads((tmp_path / "b" / "run.json").read_text())["fingerprint"]
+    assert fa == fb
+    assert run_cli(*common, "--learners", "protonet", "--episode-seed", "1", "--out", str(tmp_path / "c")) == 0
+    assert json.loads((tmp_path / "c" / "run.json").read_text())["fingerprint"] != fa
+
+
+def test_toml_config_and_flags(tmp_path: Path, data_root: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        'learners = ["protonet"]\nbudget = "smoke"\ntest_episodes = 2\nval_episodes = 0\nshots = 2\n'
+        "[hparams.protonet]\ntrain_ways = 10\n"
+    )
+    out = tmp_path / "r"
+    assert cli.main(["run", "--quiet", "--config", str(toml), "--queries", "3", "--data-root", str(data_root), "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["learners"] == ["protonet"] and config["shots"] == 2 and config["queries"] == 3
+    assert config["hparams"] == {"protonet": {"train_ways": 10}}
+
+
+def one_line_error(capsys, *fragments: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("metabench: error: ") and "\n" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--learners", "maml,nope"], ["unknown learner 'nope'", "choose from maml, fomaml"]),
+        (["--dataset", "imagenet"], ["unknown dataset 'imagenet'", "omniglot"]),
+        (["--split", "random"], ["unknown split 'random'", "vinyals, lake"]),
+        (["--ways", "1700"], ["1700-way", "lower --ways to at most 1692"]),
+        (["--shots", "10", "--queries", "11"], ["21 images per class", "lower --shots or --queries"]),
+        (["--set", "maml.inner_rate=1"], ["unknown hyperparameter maml.inner_rate"]),
+    ],
+)
+def test_bad_configuration(tmp_path: Path, data_root: Path, capsys, args, fragments) -> None:
+    parent = tmp_path / "runs"
+    assert run_cli(*args, "--budget", "smoke", "--data-root", str(data_root), "--out", str(parent / "r")) == 2
+    one_line_error(capsys, *fragments)
+    assert_nothing_written(parent)
+
+
+def test_missing_data_without_network(tmp_path: Path, capsys, monkeypatch, closed_url: str) -> None:
+    monkeypatch.setattr(omniglot, "URLS", {k: closed_url + Path(v).name for k, v in omniglot.URLS.items()})
+    monkeypatch.setattr(omniglot, "VINYALS_BASE_URL", closed_url)
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    parent = tmp_path / "runs"
+    assert run_cli("--budget", "smoke", "--data-root", str(empty), "--out", str(parent / "r")) == 2
+    one_line_error(capsys, "--data-root")
+    assert_nothing_written(parent)
+    assert not any(p.suffix == ".part" for p in empty.rglob("*"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_corrupt_archive(tmp_path: Path, data_root: Path, capsys, damage: str) -> None:
+    root = tmp_path / "data"
+    (root / "omniglot").mkdir(parents=True)
+    shutil.copytree(data_root / "splits", root / "splits")
+    shutil.copy(data_root / "omniglot" / "images_evaluation.zip", root / "omniglot")
+    raw = bytearray((data_root / "omniglot" / "images_background.zip").read_bytes())
+    if damage == "truncated":
+        raw = raw[: len(raw) // 2]
+    else:
+        raw[len(raw) // 3] ^= 0xFF  # inside a member: its CRC no longer matches
+    (root / "omniglot" / "images_background.zip").write_bytes(bytes(raw))
+    parent = tmp_path / "runs"
+    assert run_cli("--budget", "smoke", "--data-root", str(root), "--out", str(parent / "r")) == 2
+    one_line_error(capsys, "images_background.zip", "corrupt")
+    assert_nothing_written(parent)
+
+
+def test_unwritable_output_directory(tmp_path: Path, data_root: Path, capsys) -> None:
+    # a regular file where a folder should be (permission bits do not stop root, which CI may be)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    assert run_cli("--budget", "smoke", "--data-root", str(data_root), "--out", str(blocker / "run")) == 2
+    one_line_error(capsys, "cannot write the run directory", "choose a writable --out")
+    assert blocker.read_text() == ""
+
+
+def test_existing_output_directory_is_not_overwritten(tmp_path: Path, data_root: Path, capsys) -> None:
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert run_cli("--budget", "smoke", "--data-root", str(data_root), "--out", str(out)) == 2
+    one_line_error(capsys, "already exists")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_console_script_reports_one_line_error(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("metabench")
+    proc = subprocess.run([str(exe), "run", "--learners", "nope", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "metabench: error: unknown learner 'nope': choose from maml, fomaml, reptile, protonet, matchingnet"
