@@ -18,8 +18,11 @@ from metabench.errors import ConfigError
 from metabench.evaluation import evaluate
 
 
-def test_batch_stat_norm_uses_batch_statistics() -> None:
-    norm = BatchStatNorm2d(3)
+@pytest.mark.parametrize("impl", BatchStatNorm2d.IMPLS)
+def test_batch_stat_norm_uses_batch_statistics(impl: str) -> None:
+    norm = BatchStatNorm2d(3, impl=impl)
+    with torch.no_grad():
+        norm.weight.fill_(1.0)
     x = torch.randn(8, 3, 5, 5) * 4 + 2
     y = norm(x)
     assert torch.allclose(y.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
@@ -28,6 +31,27 @@ def test_batch_stat_norm_uses_batch_statistics() -> None:
     norm.eval()
     assert torch.allclose(norm(x), y)
     assert torch.allclose(y, torch.nn.functional.batch_norm(x, None, None, training=True, eps=1e-5), atol=1e-5)
+
+
+def test_batch_norm_impls_agree_to_second_order() -> None:
+    """The fused and the tensor-op batch norm give the same outputs, gradients and
+    second derivatives (float64)."""
+    torch.manual_seed(0)
+    a = Conv4(1, 16, hidden=4, n_outputs=3, norm_impl="tensor_ops").double()
+    b = Conv4(1, 16, hidden=4, n_outputs=3, norm_impl="native").double()
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(6, 1, 16, 16, dtype=torch.float64)
+    ya, yb = a(x), b(x)
+    assert torch.allclose(ya, yb, rtol=0, atol=1e-12)
+    def second_order(model: Conv4, y: torch.Tensor) -> list[torch.Tensor]:
+        grads = torch.autograd.grad(y.pow(2).sum(), list(model.parameters()), create_graph=True)
+        return list(torch.autograd.grad(sum(g.pow(2).sum() for g in grads), list(model.parameters())))
+    ha, hb = torch.cat([h.flatten() for h in second_order(a, ya)]), torch.cat([h.flatten() for h in second_order(b, yb)])
+    # relative to the scale of the second derivatives (conv biases before a batch norm have an
+    # exactly zero gradient, which both compute only up to roundoff)
+    assert (ha - hb).abs().max() <= 1e-10 * ha.abs().max()
+    with pytest.raises(ValueError, match="unknown batch-norm impl"):
+        BatchStatNorm2d(3, impl="cudnn")
 
 
 def test_conv4_shapes() -> None:
