@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -51,6 +52,8 @@ class MAMLConfig:
         train_queries: query examples per class in training episodes; ``None`` uses K, as the
             released code does (``num_samples_per_class = 2 * update_batch_size``).
     """
+
+    MINIMUMS: ClassVar[dict[str, float | int]] = {"inner_lr": 0.0, "train_inner_steps": 1, "test_inner_steps": 0, "meta_batch": 1, "meta_lr": 0.0, "train_queries": 1}
 
     inner_lr: float = 0.4
     train_inner_steps: int = 1

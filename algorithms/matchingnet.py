@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -50,6 +51,8 @@ class MatchingNetConfig:
             (initial value when learned; 1 with ``learn_scale=False`` is the literal Eq. 2).
         learn_scale: meta-learn ``s`` (as ``log s``) with the embedding (Oreshkin et al. 2018).
     """
+
+    MINIMUMS: ClassVar[dict[str, float | int]] = {"lr": 0.0, "train_queries": 1, "meta_batch": 1, "cosine_scale": 0.0}
 
     lr: float = 1e-3
     train_queries: int | None = None

@@ -119,12 +119,32 @@ class MetaLearner(ABC):
         return sum(p.numel() for p in self.model.parameters())
 
 
-def apply_overrides(config: Any, overrides: Mapping[str, Any], learner: str) -> Any:
-    """Return ``config`` (a frozen dataclass) with ``overrides`` applied, values coerced to type.
+def check_ranges(config: Any, learner: str) -> None:
+    """Check ``config`` against its class's ``MINIMUMS`` (field -> smallest allowed value; a
+    float minimum of 0.0 means strictly positive). ``None`` values are allowed where typed so.
 
     Raises:
-        ConfigError: for an unknown hyperparameter name or a value of the wrong type.
+        ConfigError: naming the hyperparameter and the fix.
     """
+    for name, low in getattr(type(config), "MINIMUMS", {}).items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        bad = value <= low if isinstance(low, float) and low == 0.0 else value < low
+        if bad:
+            bound = "> 0" if isinstance(low, float) and low == 0.0 else f">= {low}"
+            raise ConfigError(f"hyperparameter {learner}.{name} must be {bound} (got {value}): fix --set {learner}.{name}")
+
+
+def apply_overrides(config: Any, overrides: Mapping[str, Any], learner: str) -> Any:
+    """Return ``config`` (a frozen dataclass) with ``overrides`` applied, values coerced to type,
+    and its ranges checked (:func:`check_ranges`).
+
+    Raises:
+        ConfigError: for an unknown hyperparameter name, a value of the wrong type or out of range.
+    """
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"hyperparameters of {learner} must be a table of name = value, got {overrides!r}")
     fields = {f.name: f for f in dataclasses.fields(config)}
     changes = {}
     for key, value in overrides.items():
@@ -139,7 +159,9 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any], learner: str) -> 
             raise ConfigError(
                 f"bad value {value!r} for {learner}.{key}: expected {fields[key].type}"
             ) from None
-    return dataclasses.replace(config, **changes)
+    config = dataclasses.replace(config, **changes)
+    check_ranges(config, learner)
+    return config
 
 
 def _coerce(value: Any, current: Any, annotation: Any) -> Any:
@@ -155,6 +177,8 @@ def _coerce(value: Any, current: Any, annotation: Any) -> Any:
         if str(value).lower() in ("false", "0", "no"):
             return False
         raise ValueError(value)
+    if isinstance(value, bool):
+        raise TypeError(value)
     if "int" in text and "float" not in text:
         if isinstance(value, float) and not value.is_integer():
             raise ValueError(value)

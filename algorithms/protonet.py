@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -30,11 +31,14 @@ class ProtoNetConfig:
 
     Attributes:
         lr: Adam learning rate (1e-3).
-        lr_halve_every: halve the learning rate every this many episodes (2000).
+        lr_halve_every: halve the learning rate every this many updates (2000; one episode each
+            with ``meta_batch=1``).
         train_ways: classes per training episode (60: "higher way" training, Sec. 3.1).
         train_queries: query examples per class in training episodes (5).
         meta_batch: episodes per update (1).
     """
+
+    MINIMUMS: ClassVar[dict[str, float | int]] = {"lr": 0.0, "lr_halve_every": 1, "train_ways": 2, "train_queries": 1, "meta_batch": 1}
 
     lr: float = 1e-3
     lr_halve_every: int = 2000

@@ -17,8 +17,10 @@ across tasks. Training tasks contain ``train_shots`` examples per class and no q
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -45,6 +47,8 @@ class ReptileConfig:
         test_inner_steps: inner iterations on the support set at test time (50).
         test_inner_batch: minibatch size at test time (5).
     """
+
+    MINIMUMS: ClassVar[dict[str, float | int]] = {"inner_lr": 0.0, "train_inner_steps": 1, "inner_batch": 1, "train_shots": 1, "meta_batch": 1, "meta_step": 0.0, "meta_step_final": 0, "test_inner_steps": 0, "test_inner_batch": 1}
 
     inner_lr: float = 1e-3
     train_inner_steps: int = 5
@@ -95,8 +99,14 @@ class Reptile(MetaLearner):
     def train_shape(self, ways: int, shots: int, queries: int) -> EpisodeShape:
         return EpisodeShape(ways, self.config.train_shots, 0, self.config.meta_batch)
 
-    def _fine_tune(self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int) -> tuple[float, float]:
+    def _fine_tune(
+        self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, rng: np.random.Generator
+    ) -> tuple[float, float]:
         """Copy theta into the fast network and run the inner Adam loop on ``(x, y)``.
+
+        Args:
+            x: task examples ``[M, C, H, W]``; y: labels ``[M]``.
+            steps: inner iterations; batch: examples per minibatch; rng: draws the minibatches.
 
         Returns the mean loss (nats) and accuracy (fraction) over the inner minibatches.
         """
@@ -105,7 +115,7 @@ class Reptile(MetaLearner):
                 p_fast.copy_(p)
         opt = torch.optim.Adam(self._fast.parameters(), lr=self.config.inner_lr, betas=(0.0, 0.999))
         losses, accs = [], []
-        for idx in minibatches(x.shape[0], batch, steps, self._rng):
+        for idx in minibatches(x.shape[0], batch, steps, rng):
             idx_t = torch.from_numpy(idx).to(x.device)
             logits = self._fast(x[idx_t])
             loss = cross_entropy(logits, y[idx_t])
@@ -127,7 +137,7 @@ class Reptile(MetaLearner):
         delta = [torch.zeros_like(p) for p in self._model.parameters()]
         losses, accs = [], []
         for ep in episodes:
-            loss, acc = self._fine_tune(ep.support_x, ep.support_y, cfg.train_inner_steps, cfg.inner_batch)
+            loss, acc = self._fine_tune(ep.support_x, ep.support_y, cfg.train_inner_steps, cfg.inner_batch, self._rng)
             losses.append(loss)
             accs.append(acc)
             with torch.no_grad():
@@ -141,9 +151,17 @@ class Reptile(MetaLearner):
         return StepResult(float(np.mean(losses)), float(np.mean(accs)))
 
     def predict(self, episode: Episode) -> torch.Tensor:
+        # The minibatch order depends only on the seed and the episode, not on how often predict
+        # ran before, so validation does not perturb training and repeated calls agree.
+        digest = hashlib.sha256(b"".join(
+            np.ascontiguousarray(a, dtype="<i8").tobytes()
+            for a in (episode.index.classes, episode.index.support, episode.index.query)
+        )).digest()
+        rng = np.random.default_rng([self.seed, int.from_bytes(digest[:8], "little")])
         with torch.enable_grad():
             self._fine_tune(
-                episode.support_x, episode.support_y, self.config.test_inner_steps, self.config.test_inner_batch
+                episode.support_x, episode.support_y, self.config.test_inner_steps,
+                self.config.test_inner_batch, rng,
             )
         with torch.no_grad():
             return self._fast(episode.query_x)

@@ -8,7 +8,9 @@ status 2.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--episode-seed", type=int, help="seed of the shared test/validation episodes (default 0)")
     run.add_argument("--device", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
     run.add_argument("--data-root", help="folder holding omniglot/ and splits/ (default $METABENCH_DATA, then the user cache)")
+    run.add_argument("--image-size", type=int, help="side of the square images in pixels (default 28 for Omniglot)")
     run.add_argument("--no-download", dest="download", action="store_false", default=None,
                      help="fail instead of downloading missing data")
     run.add_argument("--out", help="run directory to create (default runs/<time>-<dataset>-<split>-<N>w<K>s)")
@@ -76,7 +79,7 @@ def run_values(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = load_toml(args.config) if args.config else {}
     for key in ("dataset", "split", "ways", "shots", "queries", "learners", "budget", "iterations",
                 "test_episodes", "val_episodes", "curve_points", "seeds", "episode_seed", "device",
-                "data_root", "download", "out"):
+                "data_root", "download", "out", "image_size"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
@@ -88,9 +91,16 @@ def run_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """Turn SIGTERM into KeyboardInterrupt so that a killed run cleans up like Ctrl-C."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metabench`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.command == "run":
             from metabench.runner import run, summary_markdown  # noqa: F401  (import torch lazily)

@@ -77,7 +77,7 @@ class RunConfig:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         data_root: where the data is (``None``: ``METABENCH_DATA``, then the user cache).
         download: fetch missing data from the official sources.
-        out: the run directory to write (``None``: ``runs/<time>-<dataset>-<N>w<K>s``).
+        out: the run directory to write (``None``: ``runs/<time>-<dataset>-<split>-<N>w<K>s``).
         hparams: per-learner hyperparameter overrides, e.g. ``{"maml": {"inner_lr": 0.1}}``.
         image_size: side of the square images fed to the networks, in pixels.
     """
@@ -127,6 +127,37 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML ({exc}): fix the file") from None
 
 
+def _int(key: str, value: Any) -> int:
+    """``value`` as an int, accepting ints, whole floats and digit strings.
+
+    Raises:
+        ConfigError: naming ``key`` for anything else (booleans, fractions, words).
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"{key} must be a whole number, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ConfigError(f"{key} must be a whole number, got {value!r}: fix it in the flags or the TOML file")
+
+
+def _bool(key: str, value: Any) -> bool:
+    """``value`` if it is a boolean (TOML ``true``/``false``).
+
+    Raises:
+        ConfigError: for anything else (e.g. the string ``"false"``).
+    """
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{key} must be true or false (unquoted in TOML), got {value!r}")
+
+
 def resolve(values: Mapping[str, Any]) -> RunConfig:
     """Build and validate a :class:`RunConfig` from a flat mapping (TOML merged with flags).
 
@@ -171,39 +202,46 @@ def resolve(values: Mapping[str, Any]) -> RunConfig:
     if iterations is None:
         iterations = {name: budget.iterations[name] for name in learners}
     elif isinstance(iterations, Mapping):
-        iterations = {name: int(iterations.get(name, budget.iterations[name])) for name in learners}
+        for name in iterations:
+            if name not in LEARNERS:
+                raise ConfigError(f"iterations given for unknown learner {name!r}: choose from {', '.join(LEARNERS)}")
+        iterations = {name: _int(f"iterations.{name}", iterations.get(name, budget.iterations[name])) for name in learners}
     else:
-        iterations = {name: int(iterations) for name in learners}
+        iterations = {name: _int("iterations", iterations) for name in learners}
 
     hparams = given.get("hparams", {})
+    if not isinstance(hparams, Mapping):
+        raise ConfigError("hparams must be a table of [hparams.<learner>] tables, e.g. [hparams.maml] inner_lr = 0.4")
     for name, overrides in hparams.items():
         if name not in LEARNERS:
             raise ConfigError(f"hyperparameters given for unknown learner {name!r}: choose from {', '.join(LEARNERS)}")
         learner_config(name, overrides)  # validates names and types
 
     seeds = given.get("seeds", (0,))
-    if isinstance(seeds, (int, str)):
-        seeds = [int(s) for s in str(seeds).split(",") if s.strip()]
+    if isinstance(seeds, str):
+        seeds = [s for s in seeds.split(",") if s.strip()]
+    elif not isinstance(seeds, (list, tuple)):
+        seeds = [seeds]
     config = RunConfig(
         dataset=dataset,
         split=split,
-        ways=int(given.get("ways", RunConfig.ways)),
-        shots=int(given.get("shots", RunConfig.shots)),
-        queries=int(given.get("queries", RunConfig.queries)),
+        ways=_int("ways", given.get("ways", RunConfig.ways)),
+        shots=_int("shots", given.get("shots", RunConfig.shots)),
+        queries=_int("queries", given.get("queries", RunConfig.queries)),
         learners=learners,
         budget=budget_name,
         iterations=iterations,
-        test_episodes=int(given.get("test_episodes", budget.test_episodes)),
-        val_episodes=int(given.get("val_episodes", budget.val_episodes)),
-        curve_points=int(given.get("curve_points", budget.curve_points)),
-        seeds=tuple(int(s) for s in seeds),
-        episode_seed=int(given.get("episode_seed", RunConfig.episode_seed)),
+        test_episodes=_int("test_episodes", given.get("test_episodes", budget.test_episodes)),
+        val_episodes=_int("val_episodes", given.get("val_episodes", budget.val_episodes)),
+        curve_points=_int("curve_points", given.get("curve_points", budget.curve_points)),
+        seeds=tuple(_int("seeds", s) for s in seeds),
+        episode_seed=_int("episode_seed", given.get("episode_seed", RunConfig.episode_seed)),
         device=str(given.get("device", RunConfig.device)),
         data_root=str(given["data_root"]) if "data_root" in given else None,
-        download=bool(given.get("download", True)),
+        download=_bool("download", given.get("download", True)),
         out=str(given["out"]) if "out" in given else None,
         hparams={k: dict(v) for k, v in hparams.items()},
-        image_size=int(given.get("image_size", RunConfig.image_size)),
+        image_size=_int("image_size", given.get("image_size", RunConfig.image_size)),
     )
     _check_counts(config)
     return config
@@ -224,5 +262,9 @@ def _check_counts(config: RunConfig) -> None:
             raise ConfigError(f"meta-iterations for {name} must be at least 1 (got {n}): raise --iterations")
     if not config.seeds:
         raise ConfigError("no seeds given: pass --seeds with at least one integer")
+    if min(config.seeds) < 0 or config.episode_seed < 0:
+        raise ConfigError("seeds must be >= 0: fix --seeds / --episode-seed")
+    if len(set(config.seeds)) != len(config.seeds):
+        raise ConfigError(f"--seeds lists a seed twice ({','.join(map(str, config.seeds))}): list each once")
     if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):
         raise ConfigError(f"unknown device {config.device!r}: use auto, cpu, cuda or cuda:N")

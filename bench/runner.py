@@ -15,10 +15,14 @@ failed run leaves nothing half-written):
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,8 +33,8 @@ import torch
 from tqdm.auto import tqdm
 
 from metabench import __version__
-from metabench.algorithms import LEARNERS, MetaLearner, build_learner
-from metabench.config import RunConfig
+from metabench.algorithms import LEARNERS, MetaLearner, build_learner, learner_config
+from metabench.config import BUDGETS, RunConfig
 from metabench.datasets import load_split
 from metabench.datasets.base import Split
 from metabench.datasets.sampler import EpisodeSampler, fingerprint
@@ -48,9 +52,17 @@ def resolve_device(name: str) -> torch.device:
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} asked for CUDA but torch {torch.__version__} sees no GPU: use --device cpu or auto")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {name!r}: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name} asked for CUDA but torch {torch.__version__} sees no GPU: use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible: use cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
@@ -60,29 +72,61 @@ def default_out(config: RunConfig) -> Path:
     return Path("runs") / f"{stamp}-{config.dataset}-{config.split}-{config.ways}w{config.shots}s"
 
 
-def _make_partial_dir(out: Path) -> tuple[Path, list[Path]]:
-    """Create the temporary run directory beside ``out``; return it and the parents created.
+def check_writable(out: Path) -> None:
+    """Fail early, creating nothing, if the run directory ``out`` could not be written.
 
     Raises:
-        ConfigError: if ``out`` exists or its parent cannot be written.
+        ConfigError: if ``out`` exists, or its nearest existing ancestor is not a writable folder.
     """
-    if out.exists():
-        raise ConfigError(f"run directory {out} already exists: choose another --out or delete it")
-    created = []
-    parent = out.parent
-    missing = [p for p in [parent, *parent.parents] if not p.exists()]
     try:
+        if out.exists():
+            raise ConfigError(f"run directory {out} already exists: choose another --out or delete it")
+        ancestor = out.parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+    except OSError as exc:
+        raise ConfigError(f"cannot write the run directory {out} ({exc.strerror or exc}): choose a writable --out") from None
+    if not ancestor.is_dir():
+        raise ConfigError(f"cannot write the run directory {out} ({ancestor} is not a folder): choose a writable --out")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write the run directory {out} ({ancestor} is not writable): choose a writable --out")
+
+
+def write_atomically(out: Path, write: Callable[[Path], None]) -> None:
+    """Create ``out`` with the files ``write(folder)`` puts in a folder, all or nothing.
+
+    The files are written into a temporary folder beside ``out`` (``.<name>.partial-*``) that is
+    renamed to ``out`` only when ``write`` has returned; on any failure the temporary folder and
+    the parent folders created for it are removed.
+
+    Raises:
+        ConfigError: if the folder cannot be created, written or renamed (disk full, ``out``
+            created meanwhile by someone else, ...).
+    """
+    created: list[Path] = []
+    partial: Path | None = None
+    try:
+        missing = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
         for p in reversed(missing):
             p.mkdir()
             created.append(p)
-        partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    except OSError as exc:
+        partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        partial.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700)
+        write(partial)
+        if out.exists():
+            raise FileExistsError(17, "it was created while the run was going on")
+        partial.rename(out)
+    except BaseException as exc:
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
         for p in reversed(created):
-            shutil.rmtree(p, ignore_errors=True)
-        raise ConfigError(
-            f"cannot write the run directory {out} ({exc.strerror or exc}): choose a writable --out"
-        ) from None
-    return partial, list(reversed(created))
+            with contextlib.suppress(OSError):
+                p.rmdir()  # only if still empty: another run may be writing there
+        if isinstance(exc, OSError):
+            raise ConfigError(f"could not write the run directory {out} ({exc.strerror or exc}): free space or choose another --out") from None
+        raise
 
 
 def train(
@@ -105,7 +149,9 @@ def train(
     Returns:
         ``(curve, seconds)``: curve rows (``iteration``, ``train_seconds``, ``train_loss``,
         ``train_accuracy`` in percent averaged since the previous row, ``val_accuracy`` and
-        ``val_ci95`` in percent or NaN) and the training wall-clock seconds, validation excluded.
+        ``val_ci95`` in percent or NaN) and the training wall-clock seconds: the time spent in
+        ``meta_train_step`` and in moving episodes to the device, excluding episode construction
+        (shared data pipeline, not the learner's cost) and validation.
     """
     device = learner.device
     val_at = set()
@@ -116,9 +162,10 @@ def train(
     seconds = 0.0
     bar = tqdm(range(iterations), desc=desc, disable=desc is None, leave=False, unit="it")
     for i in bar:
+        episodes = sampler.episodes(i * meta_batch, meta_batch)
         synchronize(device)
         start = time.perf_counter()
-        batch = [ep.to(device) for ep in sampler.episodes(i * meta_batch, meta_batch)]
+        batch = [ep.to(device) for ep in episodes]
         result = learner.meta_train_step(batch)
         synchronize(device)
         seconds += time.perf_counter() - start
@@ -144,7 +191,12 @@ def train(
 
 
 def summarize(episodes: pd.DataFrame, timings: pd.DataFrame, learners: tuple[str, ...]) -> pd.DataFrame:
-    """Per-learner summary: mean accuracy and 95% CI over all seeds' episodes, and timings.
+    """Per-learner summary: mean accuracy with its 95% CI over test episodes, and timings.
+
+    With several seeds, every seed is tested on the same episodes, so the seeds' accuracies are
+    first averaged per episode and the CI is taken over the ``n`` episodes (pooling seeds x
+    episodes as independent samples would shrink the interval by about sqrt(seeds)); the spread
+    across seeds is reported separately as the standard deviation of the per-seed means.
 
     Args:
         episodes: rows ``seed, learner, episode, accuracy, loss`` (accuracy in percent).
@@ -153,20 +205,24 @@ def summarize(episodes: pd.DataFrame, timings: pd.DataFrame, learners: tuple[str
 
     Returns:
         One row per learner: ``learner, name, accuracy_pct, ci95_pct, episodes, seeds,
-        meta_iterations, meta_train_s`` (mean over seeds), ``test_ms_per_episode``.
+        seed_std_pct`` (NaN for one seed), ``meta_iterations, meta_train_s`` (mean over seeds),
+        ``test_ms_per_episode``.
     """
     rows = []
     for name in learners:
-        acc = episodes.loc[episodes["learner"] == name, "accuracy"]
+        mine = episodes[episodes["learner"] == name]
+        per_episode = mine.groupby("episode")["accuracy"].mean()
+        per_seed = mine.groupby("seed")["accuracy"].mean()
         t = timings[timings["learner"] == name]
-        mean, ci = mean_ci95(acc)
+        mean, ci = mean_ci95(per_episode)
         rows.append({
             "learner": name,
             "name": LEARNERS[name].title,
             "accuracy_pct": mean,
             "ci95_pct": ci,
-            "episodes": int(acc.size),
-            "seeds": int(t["seed"].nunique()),
+            "episodes": int(per_episode.size),
+            "seeds": int(per_seed.size),
+            "seed_std_pct": float(per_seed.std(ddof=1)) if per_seed.size > 1 else float("nan"),
             "meta_iterations": int(t["meta_iterations"].iloc[0]),
             "meta_train_s": float(t["meta_train_seconds"].mean()),
             "test_ms_per_episode": float(1000 * t["test_seconds"].sum() / t["test_episodes"].sum()),
@@ -209,6 +265,10 @@ def _write_json(path: Path, data: Any) -> None:
 def run(config: RunConfig, progress: bool = True) -> Path:
     """Run the benchmark described by ``config`` and return the finished run directory.
 
+    Everything that can be checked is checked before training starts (output folder, data,
+    the test and every learner's training episode shape); results are held in memory and written
+    at the end with :func:`write_atomically`.
+
     Raises:
         ConfigError: invalid settings (episode shape larger than the split, unwritable output).
         DataError: data missing and not downloadable, or corrupt.
@@ -217,65 +277,68 @@ def run(config: RunConfig, progress: bool = True) -> Path:
     wall_start = time.perf_counter()
     device = resolve_device(config.device)
     out = Path(config.out) if config.out else default_out(config)
-    partial, created = _make_partial_dir(out)
-    try:
-        split = load_split(config.dataset, config.split, config.data_root, config.image_size, config.download)
-        test_sampler, val_sampler = _eval_samplers(config, split)
-        test_ids = [test_sampler.index(i) for i in range(config.test_episodes)]
-        print_ = (lambda *a: tqdm.write(" ".join(map(str, a)))) if progress else (lambda *a: None)
-        episode_rows, curve_rows, timing_rows = [], [], []
-        for seed in config.seeds:
-            for name in config.learners:
-                iterations = config.iterations[name]
-                learner = build_learner(
-                    name, config.ways, split.train.dataset.image_shape, iterations, device, seed,
-                    config.hparams.get(name),
-                )
-                shape = learner.train_shape(config.ways, config.shots, config.queries)
-                sampler = EpisodeSampler(
-                    split.train, shape.ways, shape.shots, shape.queries, seed, stream="train",
-                    description=f"train split of {config.dataset}/{config.split} (training episodes of {name})",
-                )
-                label = f"{name} seed {seed}" if progress else None
-                curve, train_s = train(
-                    learner, sampler, shape.meta_batch, iterations, val_sampler,
-                    config.val_episodes, config.curve_points, f"train {label}" if label else None,
-                )
-                rows, test_s = evaluate(learner, test_sampler, config.test_episodes, f"test  {label}" if label else None)
-                episode_rows += [{"seed": seed, "learner": name, **r} for r in rows]
-                curve_rows += [{"seed": seed, "learner": name, **r} for r in curve]
-                timing_rows.append({
-                    "seed": seed, "learner": name, "meta_iterations": iterations,
-                    "meta_train_seconds": train_s, "test_seconds": test_s,
-                    "test_episodes": config.test_episodes,
-                })
-                acc = np.mean([r["accuracy"] for r in rows])
-                print_(f"{name} seed {seed}: {acc:.2f}% after {iterations} meta-iterations ({train_s:.0f} s)")
-        episodes = pd.DataFrame(episode_rows)
-        timings = pd.DataFrame(timing_rows)
-        summary = summarize(episodes, timings, config.learners)
-        env = environment(device)
-        meta = {
-            "metabench": __version__,
-            "fingerprint": fingerprint(split.test, test_ids),
-            "test_pool": f"{config.dataset}/{config.split}/test",
-            "started_at": started.isoformat(timespec="seconds"),
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "wall_seconds": time.perf_counter() - wall_start,
-        }
-        _write_json(partial / "config.json", {**config.to_dict(), "out": str(out), "device_resolved": str(device)})
-        _write_json(partial / "environment.json", env)
-        episodes.to_csv(partial / "episodes.csv", index=False)
-        pd.DataFrame(curve_rows).to_csv(partial / "curves.csv", index=False)
-        summary.to_csv(partial / "summary.csv", index=False)
-        (partial / "summary.md").write_text(summary_markdown(config, summary, meta, env))
-        _write_json(partial / "run.json", meta)
-        partial.rename(out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        for p in created:
-            shutil.rmtree(p, ignore_errors=True)
-        raise
+    check_writable(out)
+    split = load_split(config.dataset, config.split, config.data_root, config.image_size, config.download)
+    test_sampler, val_sampler = _eval_samplers(config, split)
+    image_shape = split.train.dataset.image_shape
+    iterations = {name: config.iterations.get(name) or BUDGETS[config.budget].iterations[name] for name in config.learners}
+    plans = {}
+    for name in config.learners:  # build every training sampler now: a bad shape fails before any training
+        learner_cfg = learner_config(name, config.hparams.get(name))
+        shape = LEARNERS[name](learner_cfg, config.ways, image_shape, 1, torch.device("cpu"), 0).train_shape(
+            config.ways, config.shots, config.queries)
+        EpisodeSampler(split.train, shape.ways, shape.shots, shape.queries, 0, stream="train",
+                       description=f"train split of {config.dataset}/{config.split} (training episodes of {name}: "
+                                   f"{shape.ways}-way {shape.shots}-shot {shape.queries} queries)")
+        plans[name] = {"hyperparameters": dataclasses.asdict(learner_cfg), "train_episodes": dataclasses.asdict(shape)}
+    test_ids = [test_sampler.index(i) for i in range(config.test_episodes)]
+    note = (lambda text: tqdm.write(text)) if progress else (lambda text: None)
+
+    episode_rows, curve_rows, timing_rows = [], [], []
+    for seed in config.seeds:
+        for name in config.learners:
+            learner = build_learner(name, config.ways, image_shape, iterations[name], device, seed, config.hparams.get(name))
+            shape = learner.train_shape(config.ways, config.shots, config.queries)
+            sampler = EpisodeSampler(split.train, shape.ways, shape.shots, shape.queries, seed, stream="train")
+            label = f"{name} seed {seed}" if progress else None
+            curve, train_s = train(
+                learner, sampler, shape.meta_batch, iterations[name], val_sampler,
+                config.val_episodes, config.curve_points, f"train {label}" if label else None,
+            )
+            rows, test_s = evaluate(learner, test_sampler, config.test_episodes, f"test  {label}" if label else None)
+            episode_rows += [{"seed": seed, "learner": name, **r} for r in rows]
+            curve_rows += [{"seed": seed, "learner": name, **r} for r in curve]
+            timing_rows.append({
+                "seed": seed, "learner": name, "meta_iterations": iterations[name],
+                "meta_train_seconds": train_s, "test_seconds": test_s, "test_episodes": config.test_episodes,
+            })
+            acc = np.mean([r["accuracy"] for r in rows])
+            note(f"{name} seed {seed}: {acc:.2f}% after {iterations[name]} meta-iterations ({train_s:.0f} s)")
+
+    episodes = pd.DataFrame(episode_rows)
+    summary = summarize(episodes, pd.DataFrame(timing_rows), config.learners)
+    env = environment(device)
+    meta = {
+        "metabench": __version__,
+        "fingerprint": fingerprint(split.test, test_ids),
+        "test_pool": f"{config.dataset}/{config.split}/test",
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_seconds": time.perf_counter() - wall_start,
+    }
+    resolved = {**config.to_dict(), "iterations": iterations, "out": str(out), "device_resolved": str(device),
+                "learner_settings": plans}
+
+    def write(folder: Path) -> None:
+        _write_json(folder / "config.json", resolved)
+        _write_json(folder / "environment.json", env)
+        episodes.to_csv(folder / "episodes.csv", index=False)
+        pd.DataFrame(curve_rows).to_csv(folder / "curves.csv", index=False)
+        summary.to_csv(folder / "summary.csv", index=False)
+        (folder / "summary.md").write_text(summary_markdown(config, summary, meta, env))
+        _write_json(folder / "run.json", meta)
+
+    write_atomically(out, write)
     return out
 
 

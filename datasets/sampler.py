@@ -139,7 +139,8 @@ class EpisodeSampler:
     def index(self, i: int) -> EpisodeIndex:
         """The indices of episode ``i`` (pure function of the sampler's parameters and ``i``)."""
         rng = np.random.default_rng([self.seed, _stream_key(self.stream), i])
-        classes = rng.choice(len(self.pool), size=self.ways, replace=False)
+        # argsort of uniform draws rather than Generator.choice, whose algorithm NumPy may change
+        classes = rng.random(len(self.pool)).argsort()[: self.ways]
         order = rng.random((self.ways, self.pool.n_per_class)).argsort(axis=1)
         take = order[:, : self.shots + self.queries]
         return EpisodeIndex(
@@ -154,7 +155,8 @@ class EpisodeSampler:
         return build_episode(self.pool, idx)
 
     def episodes(self, start: int, count: int) -> list[Episode]:
-        """Episodes ``start .. start+count-1`` (a meta-batch when training)."""
+        """Episodes ``start .. start+count-1`` (a meta-batch when training), as a list of
+        :class:`Episode`."""
         return [self.episode(i) for i in range(start, start + count)]
 
 
@@ -177,13 +179,18 @@ def build_episode(pool: ClassPool, idx: EpisodeIndex) -> Episode:
 
 
 def fingerprint(pool: ClassPool, indices: list[EpisodeIndex]) -> str:
-    """sha256 (hex) of the pool's class names and every episode's index arrays, in order.
+    """Identify a list of episodes: sha256 (64 hex digits) of their count and N/K/Q, the pool's
+    class names, the pixels of the pool's dataset and every episode's index arrays, in order.
 
     Two runs whose fingerprints agree evaluated on identical episodes (same classes, rotations,
-    images and label order).
+    images, preprocessing and label order).
     """
     h = hashlib.sha256()
+    if indices:
+        ways, shots = indices[0].support.shape
+        h.update(f"{len(indices)} episodes, {ways}-way {shots}-shot {indices[0].query.shape[1]} queries\n".encode())
     h.update("\n".join(pool.names).encode())
+    h.update(hashlib.sha256(np.ascontiguousarray(pool.dataset.images).data).digest())
     for idx in indices:
         for arr in (idx.classes, idx.support, idx.query):
             h.update(np.ascontiguousarray(arr, dtype="<i8").tobytes())

@@ -88,9 +88,9 @@ def test_reptile_minibatches_cycle_without_replacement() -> None:
     assert all(sorted(b.tolist()) == list(range(5)) for b in batches)
 
 
-def _tiny_episode(dtype: torch.dtype) -> tuple[Conv4, dict, object]:
+def _tiny_episode(dtype: torch.dtype, norm_impl: str = "tensor_ops") -> tuple[Conv4, dict, object]:
     torch.manual_seed(0)
-    model = Conv4(1, 16, hidden=4, n_outputs=3).to(dtype)
+    model = Conv4(1, 16, hidden=4, n_outputs=3, norm_impl=norm_impl).to(dtype)
     params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
     ep = type("E", (), {})()
     ep.support_x = torch.rand(6, 1, 16, 16, dtype=dtype)
@@ -100,11 +100,12 @@ def _tiny_episode(dtype: torch.dtype) -> tuple[Conv4, dict, object]:
     return model, params, ep
 
 
+@pytest.mark.parametrize("norm_impl", BatchStatNorm2d.IMPLS)
 @pytest.mark.parametrize("steps", [1, 2])
-def test_maml_meta_gradient_matches_finite_differences(steps: int) -> None:
+def test_maml_meta_gradient_matches_finite_differences(steps: int, norm_impl: str) -> None:
     """Second-order MAML's meta-gradient equals central finite differences of the query loss
     after adaptation (float64, with batch norm); first-order MAML's does not."""
-    model, params, ep = _tiny_episode(torch.float64)
+    model, params, ep = _tiny_episode(torch.float64, norm_impl)
     loss, _ = meta_loss(model, params, ep, steps, 0.4, first_order=False)
     grads = torch.autograd.grad(loss, list(params.values()))
     fo_loss, _ = meta_loss(model, params, ep, steps, 0.4, first_order=True)
@@ -123,15 +124,70 @@ def test_maml_meta_gradient_matches_finite_differences(steps: int) -> None:
         assert abs(first_order - numeric) > 1e-4 * abs(numeric)
 
 
-def test_predict_leaves_meta_parameters_unchanged(omniglot_vinyals) -> None:
-    ep = EpisodeSampler(omniglot_vinyals.test, 5, 1, 3, seed=0).episode(0)
+def test_maml_step_applies_the_mean_meta_gradient() -> None:
+    """One MAML meta-training step equals one Adam step on the mean of the per-task
+    meta-gradients computed by :func:`meta_loss`."""
+    from metabench.algorithms.maml import MAML, MAMLConfig
+    _, _, ep = _tiny_episode(torch.float32)
+    ep2 = type("E", (), {"support_x": ep.support_x.flip(0), "support_y": ep.support_y.flip(0),
+                         "query_x": ep.query_x.flip(0), "query_y": ep.query_y.flip(0)})()
+    torch.manual_seed(0)
+    learner = MAML(MAMLConfig(meta_batch=2), 3, (1, 16, 16), 10, torch.device("cpu"), 0)
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in learner.model.named_parameters()}
+    total = sum(meta_loss(learner.model, params, e, 1, 0.4, False)[0] for e in (ep, ep2)) / 2
+    expected = torch.autograd.grad(total, list(params.values()))
+    learner.meta_train_step([ep, ep2])
+    scale = max(g.abs().max() for g in expected)
+    for (name, p), g in zip(learner.model.named_parameters(), expected):
+        # Adam's first step (bias-corrected moments m = g, v = g^2) is lr * g / (|g| + eps); the
+        # conv biases feeding a batch norm have an exactly zero gradient, known only up to
+        # roundoff, so elements below 1e-4 of the largest meta-gradient are not compared.
+        moved = params[name].detach() - p.detach()
+        mask = g.abs() > 1e-4 * scale
+        assert torch.allclose(moved[mask], 1e-3 * g[mask] / (g[mask].abs() + 1e-8), rtol=1e-4, atol=1e-9), name
+    assert sum(int((g.abs() > 1e-4 * scale).sum()) for g in expected) > 1000
+
+
+def test_predict_is_pure_and_repeatable(omniglot_vinyals) -> None:
+    """predict() changes no meta-parameter, gradient or optimiser state, and two calls on the
+    same episode give the same logits (Reptile's minibatch order depends on the episode only)."""
+    sampler = EpisodeSampler(omniglot_vinyals.test, 5, 1, 3, seed=0)
+    ep = sampler.episode(0)
     for name in LEARNERS:
         learner = build_learner(name, 5, (1, 28, 28), total_iterations=10, seed=0,
                                 overrides={"test_inner_steps": 2} if name in ("maml", "fomaml", "reptile") else None)
         before = {k: v.clone() for k, v in learner.state_dict().items()}
         logits = learner.predict(ep)
         assert logits.shape == (15, 5) and torch.isfinite(logits).all()
+        learner.predict(sampler.episode(1))
+        assert torch.equal(logits, learner.predict(ep)), name
         assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items()), name
+        assert all(p.grad is None for p in learner.model.parameters()), name
+        optimizer = getattr(learner, "optimizer", None)
+        assert optimizer is None or not optimizer.state, name
+
+
+def test_reptile_outer_update_and_annealing(omniglot_vinyals) -> None:
+    """theta <- theta + epsilon * mean(phi_i - theta), epsilon linear from 1 to 0 (Nichol et al. 2018)."""
+    from metabench.algorithms.reptile import Reptile, ReptileConfig
+    learner = Reptile(ReptileConfig(meta_batch=2, train_shots=2), 5, (1, 28, 28), 4, torch.device("cpu"), 0)
+    assert [learner.meta_step_size()] == [1.0]
+    sampler = EpisodeSampler(omniglot_vinyals.train, 5, 2, 0, seed=0, stream="train")
+    episodes = sampler.episodes(0, 2)
+    theta = [p.detach().clone() for p in learner.model.parameters()]
+    # replay the two inner loops by hand with the same minibatch draws
+    rng = np.random.default_rng(0)
+    phis = []
+    for ep in episodes:
+        learner._fine_tune(ep.support_x, ep.support_y, 5, 10, rng)
+        phis.append([p.detach().clone() for p in learner._fast.parameters()])
+    learner.meta_train_step(episodes)
+    for k, p in enumerate(learner.model.parameters()):
+        expected = theta[k] + 1.0 * ((phis[0][k] - theta[k]) + (phis[1][k] - theta[k])) / 2
+        assert torch.allclose(p.detach(), expected, atol=1e-6)
+    assert learner.meta_step_size() == pytest.approx(0.75)
+    learner.iteration = 4
+    assert learner.meta_step_size() == 0.0
 
 
 def test_hyperparameter_overrides_and_errors() -> None:
@@ -144,6 +200,12 @@ def test_hyperparameter_overrides_and_errors() -> None:
         learner_config("maml", {"test_inner_steps": "three"})
     with pytest.raises(ConfigError, match="unknown learner 'mamll'"):
         learner_config("mamll")
+    with pytest.raises(ConfigError, match=r"maml.meta_batch must be >= 1 \(got 0\)"):
+        learner_config("maml", {"meta_batch": 0})
+    with pytest.raises(ConfigError, match="matchingnet.cosine_scale must be > 0"):
+        learner_config("matchingnet", {"cosine_scale": "0"})
+    with pytest.raises(ConfigError, match="bad value"):
+        learner_config("protonet", {"train_ways": True})
 
 
 # Tiny budgets that take a few seconds each on 2 CPU cores and are enough to learn measurably.

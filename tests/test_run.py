@@ -43,7 +43,7 @@ def test_smoke_run_writes_every_output(tmp_path: Path, data_root: Path, capsys, 
 
     monkeypatch.setattr(runner, "evaluate", spy)
     out = tmp_path / "runs" / "smoke"
-    assert run_cli("--budget", "smoke", "--test-episodes", "4", "--data-root", str(data_root), "--out", str(out)) == 0
+    assert run_cli("--budget", "smoke", "--test-episodes", "4", "--device", "cpu", "--data-root", str(data_root), "--out", str(out)) == 0
     printed = capsys.readouterr().out
     assert "| Prototypical Networks |" in printed and str(out) in printed
     assert {p.name for p in out.iterdir()} == RUN_FILES
@@ -56,6 +56,8 @@ def test_smoke_run_writes_every_output(tmp_path: Path, data_root: Path, capsys, 
 
     config = json.loads((out / "config.json").read_text())
     assert config["learners"] == list(LEARNERS) and config["budget"] == "smoke" and config["ways"] == 5
+    assert config["learner_settings"]["maml"]["hyperparameters"]["inner_lr"] == 0.4
+    assert config["learner_settings"]["protonet"]["train_episodes"]["ways"] == 60
     env = json.loads((out / "environment.json").read_text())
     assert env["torch"].startswith("2.") and env["device"] == "cpu" and env["cpu"]
     meta = json.loads((out / "run.json").read_text())
@@ -88,6 +90,32 @@ def test_same_fingerprint_for_different_learners(tmp_path: Path, data_root: Path
     assert json.loads((tmp_path / "c" / "run.json").read_text())["fingerprint"] != fa
 
 
+@pytest.mark.slow
+def test_two_seeds_share_episodes_and_ci_is_over_episodes(tmp_path: Path, data_root: Path) -> None:
+    out = tmp_path / "r"
+    assert run_cli("--learners", "protonet", "--budget", "smoke", "--seeds", "0,1", "--test-episodes", "5",
+                   "--val-episodes", "0", "--data-root", str(data_root), "--out", str(out)) == 0
+    episodes = pd.read_csv(out / "episodes.csv")
+    assert sorted(episodes["seed"].unique()) == [0, 1] and len(episodes) == 10
+    summary = pd.read_csv(out / "summary.csv").iloc[0]
+    per_episode = episodes.groupby("episode")["accuracy"].mean()
+    per_seed = episodes.groupby("seed")["accuracy"].mean()
+    assert summary["episodes"] == 5 and summary["seeds"] == 2
+    assert summary["accuracy_pct"] == pytest.approx(per_episode.mean())
+    assert summary["ci95_pct"] == pytest.approx(1.959963984540054 * per_episode.std(ddof=1) / np.sqrt(5))
+    assert summary["seed_std_pct"] == pytest.approx(per_seed.std(ddof=1))
+
+
+@pytest.mark.slow
+def test_lake_split_runs_without_validation_classes(tmp_path: Path, data_root: Path) -> None:
+    out = tmp_path / "lake"
+    assert run_cli("--split", "lake", "--learners", "matchingnet", "--budget", "smoke", "--test-episodes", "3",
+                   "--data-root", str(data_root), "--out", str(out)) == 0
+    curves = pd.read_csv(out / "curves.csv")
+    assert curves["val_accuracy"].isna().all()  # the lake split has no validation classes
+    assert json.loads((out / "run.json").read_text())["test_pool"] == "omniglot/lake/test"
+
+
 def test_toml_config_and_flags(tmp_path: Path, data_root: Path) -> None:
     toml = tmp_path / "run.toml"
     toml.write_text(
@@ -118,6 +146,14 @@ def one_line_error(capsys, *fragments: str) -> str:
         (["--ways", "1700"], ["1700-way", "lower --ways to at most 1692"]),
         (["--shots", "10", "--queries", "11"], ["21 images per class", "lower --shots or --queries"]),
         (["--set", "maml.inner_rate=1"], ["unknown hyperparameter maml.inner_rate"]),
+        (["--set", "maml.meta_batch=0"], ["maml.meta_batch must be >= 1"]),
+        (["--seeds", "0,a"], ["seeds must be a whole number"]),
+        (["--seeds", "-1"], ["seeds must be >= 0"]),
+        (["--device", "tpu"], ["device"]),
+        # a learner's *training* episodes too large for the split fails before any training:
+        # ProtoNet trains on 5 queries per class, so 16 shots need 21 images per class
+        (["--learners", "matchingnet,protonet", "--shots", "16", "--queries", "4"],
+         ["training episodes of protonet", "lower --shots or --queries"]),
     ],
 )
 def test_bad_configuration(tmp_path: Path, data_root: Path, capsys, args, fragments) -> None:
@@ -155,6 +191,20 @@ def test_corrupt_archive(tmp_path: Path, data_root: Path, capsys, damage: str) -
     assert run_cli("--budget", "smoke", "--data-root", str(root), "--out", str(parent / "r")) == 2
     one_line_error(capsys, "images_background.zip", "corrupt")
     assert_nothing_written(parent)
+
+
+def test_bad_toml_values(tmp_path: Path, data_root: Path, capsys) -> None:
+    for text, fragment in [('download = "false"', "download must be true or false"),
+                           ('ways = "five"', "ways must be a whole number"),
+                           ("[iterations]\nmamll = 3", "iterations given for unknown learner 'mamll'"),
+                           ("hparams = 3", "hparams must be a table"),
+                           ("ways = [", "not valid TOML")]:
+        toml = tmp_path / "bad.toml"
+        toml.write_text(text + "\n")
+        assert cli.main(["run", "--quiet", "--config", str(toml), "--data-root", str(data_root),
+                         "--out", str(tmp_path / "runs" / "r")]) == 2
+        one_line_error(capsys, fragment)
+        assert_nothing_written(tmp_path / "runs")
 
 
 def test_unwritable_output_directory(tmp_path: Path, data_root: Path, capsys) -> None:
