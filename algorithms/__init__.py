@@ -59,6 +59,17 @@ def build_learner(
 
 
 __all__ = [
-    "LEARNERS", "MAML", "FirstOrderMAML", "Reptile", "ProtoNet", "MatchingNet", "MetaLearner",
-    "EpisodeShape", "StepResult", "Conv4", "BatchStatNorm2d", "build_learner", "learner_config",
+    "LEARNERS",
+    "MAML",
+    "BatchStatNorm2d",
+    "Conv4",
+    "EpisodeShape",
+    "FirstOrderMAML",
+    "MatchingNet",
+    "MetaLearner",
+    "ProtoNet",
+    "Reptile",
+    "StepResult",
+    "build_learner",
+    "learner_config",
 ]

@@ -175,8 +175,18 @@ class MAML(MetaLearner):
 
 @dataclass(frozen=True)
 class FOMAMLConfig(MAMLConfig):
-    """First-order MAML hyperparameters: MAML's, with ``first_order=True`` (Finn et al. 2017, Sec. 5.2)."""
+    """First-order MAML hyperparameters: MAML's (Finn et al. 2017, Sec. 5.2) with
+    ``first_order=True`` and an inner learning rate of 0.1 instead of 0.4.
 
+    Why 0.1: the first-order meta-gradient drops the factor ``(I - alpha * H_support)`` of the
+    exact one, which is far from the identity at alpha = 0.4. Measured on Omniglot vinyals
+    5-way 1-shot (validation episodes, 2 CPU cores): with alpha = 0.4, 51.3% validation accuracy
+    after 120 meta-iterations and 58.9% test accuracy after 250 (second-order MAML: 88.8%); with
+    alpha = 0.1, 83.8% after 120. More training queries (15 per class) did not help (57.8%).
+    ``--set fomaml.inner_lr=0.4`` restores MAML's value.
+    """
+
+    inner_lr: float = 0.1
     first_order: bool = True
 
 

@@ -21,7 +21,6 @@ from metabench.datasets import DATASETS
 from metabench.errors import ConfigError, MetabenchError
 
 
-
 def _parse_set(items: Sequence[str]) -> dict[str, dict[str, str]]:
     """``["maml.inner_lr=0.1", ...]`` -> ``{"maml": {"inner_lr": "0.1"}}``.
 

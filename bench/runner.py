@@ -156,7 +156,7 @@ def train(
     device = learner.device
     val_at = set()
     if val_sampler is not None and val_episodes > 0 and curve_points > 0:
-        val_at = {int(round(x)) for x in np.linspace(0, iterations, curve_points + 1)[1:]}
+        val_at = {round(x) for x in np.linspace(0, iterations, curve_points + 1)[1:]}
     log_every = max(1, iterations // 100)
     curve, window_loss, window_acc = [], [], []
     seconds = 0.0

@@ -72,7 +72,7 @@ class Episode:
         """Query images per class Q."""
         return int(self.index.query.shape[1])
 
-    def to(self, device: torch.device | str) -> "Episode":
+    def to(self, device: torch.device | str) -> Episode:
         """Return the episode with its four tensors on ``device``."""
         return Episode(
             self.support_x.to(device, non_blocking=True),
@@ -168,7 +168,7 @@ def build_episode(pool: ClassPool, idx: EpisodeIndex) -> Episode:
     cls_q = np.repeat(idx.classes, queries)
     sx = pool.images(cls_s, idx.support.reshape(-1))
     qx = pool.images(cls_q, idx.query.reshape(-1))
-    to_float = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float().div_(255.0)  # noqa: E731
+    to_float = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float().div_(255.0)
     return Episode(
         to_float(sx),
         torch.arange(ways).repeat_interleave(shots),

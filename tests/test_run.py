@@ -34,12 +34,17 @@ def test_smoke_run_writes_every_output(tmp_path: Path, data_root: Path, capsys, 
     real_evaluate = runner.evaluate
 
     def spy(learner, sampler, count, desc=None):
+        if sampler.stream != "test":  # validation during training
+            return real_evaluate(learner, sampler, count, desc)
         original = learner.predict
         def predict(ep):
             seen.setdefault(learner.name, []).append(tuple(a.tobytes() for a in (ep.index.classes, ep.index.support, ep.index.query)))
             return original(ep)
         learner.predict = predict
-        return real_evaluate(learner, sampler, count, desc)
+        try:
+            return real_evaluate(learner, sampler, count, desc)
+        finally:
+            learner.predict = original
 
     monkeypatch.setattr(runner, "evaluate", spy)
     out = tmp_path / "runs" / "smoke"
@@ -228,6 +233,6 @@ def test_existing_output_directory_is_not_overwritten(tmp_path: Path, data_root:
 def test_console_script_reports_one_line_error(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("metabench")
     proc = subprocess.run([str(exe), "run", "--learners", "nope", "--out", str(tmp_path / "r")],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "metabench: error: unknown learner 'nope': choose from maml, fomaml, reptile, protonet, matchingnet"
