@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
     run.add_argument("--data-root", help="folder holding omniglot/ and splits/ (default $METABENCH_DATA, then the user cache)")
     run.add_argument("--image-size", type=int, help="side of the square images in pixels (default 28 for Omniglot)")
+    run.add_argument("--workers", type=int, help="processes for the test evaluation (default 0: one per CPU thread on CPU, one on CUDA)")
     run.add_argument("--no-download", dest="download", action="store_false", default=None,
                      help="fail instead of downloading missing data")
     run.add_argument("--out", help="run directory to create (default runs/<time>-<dataset>-<split>-<N>w<K>s)")
@@ -78,7 +79,7 @@ def run_values(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = load_toml(args.config) if args.config else {}
     for key in ("dataset", "split", "ways", "shots", "queries", "learners", "budget", "iterations",
                 "test_episodes", "val_episodes", "curve_points", "seeds", "episode_seed", "device",
-                "data_root", "download", "out", "image_size"):
+                "data_root", "download", "out", "image_size", "workers"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value

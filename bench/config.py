@@ -51,7 +51,7 @@ BUDGETS: dict[str, Budget] = {
         iterations={name: 2 for name in LEARNERS}, test_episodes=10, val_episodes=2, curve_points=1
     ),
     "quick": Budget(
-        iterations={"maml": 250, "fomaml": 200, "reptile": 450, "protonet": 350, "matchingnet": 1000},
+        iterations={"maml": 220, "fomaml": 200, "reptile": 500, "protonet": 300, "matchingnet": 800},
         test_episodes=600, val_episodes=20, curve_points=3,
     ),
     "paper": Budget(
@@ -80,6 +80,8 @@ class RunConfig:
         out: the run directory to write (``None``: ``runs/<time>-<dataset>-<split>-<N>w<K>s``).
         hparams: per-learner hyperparameter overrides, e.g. ``{"maml": {"inner_lr": 0.1}}``.
         image_size: side of the square images fed to the networks, in pixels.
+        workers: processes for the test evaluation (0: one per torch CPU thread on CPU, one on
+            CUDA; see :func:`metabench.evaluation.default_workers`).
     """
 
     dataset: str = "omniglot"
@@ -101,6 +103,7 @@ class RunConfig:
     out: str | None = None
     hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     image_size: int = 28
+    workers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy (for ``config.json``)."""
@@ -242,6 +245,7 @@ def resolve(values: Mapping[str, Any]) -> RunConfig:
         out=str(given["out"]) if "out" in given else None,
         hparams={k: dict(v) for k, v in hparams.items()},
         image_size=_int("image_size", given.get("image_size", RunConfig.image_size)),
+        workers=_int("workers", given.get("workers", RunConfig.workers)),
     )
     _check_counts(config)
     return config
@@ -253,6 +257,7 @@ def _check_counts(config: RunConfig) -> None:
         "--ways": (config.ways, 2), "--shots": (config.shots, 1), "--queries": (config.queries, 1),
         "--test-episodes": (config.test_episodes, 1), "--val-episodes": (config.val_episodes, 0),
         "--curve-points": (config.curve_points, 0), "--image-size": (config.image_size, 16),
+        "--workers": (config.workers, 0),
     }
     for flag, (value, low) in checks.items():
         if value < low:

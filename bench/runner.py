@@ -40,7 +40,7 @@ from metabench.datasets.base import Split
 from metabench.datasets.sampler import EpisodeSampler, fingerprint
 from metabench.environment import environment
 from metabench.errors import ConfigError
-from metabench.evaluation import evaluate, synchronize
+from metabench.evaluation import default_workers, evaluate, synchronize
 from metabench.statistics import mean_ci95
 
 
@@ -292,6 +292,7 @@ def run(config: RunConfig, progress: bool = True) -> Path:
                                    f"{shape.ways}-way {shape.shots}-shot {shape.queries} queries)")
         plans[name] = {"hyperparameters": dataclasses.asdict(learner_cfg), "train_episodes": dataclasses.asdict(shape)}
     test_ids = [test_sampler.index(i) for i in range(config.test_episodes)]
+    workers = config.workers or default_workers(device)
     note = (lambda text: tqdm.write(text)) if progress else (lambda text: None)
 
     episode_rows, curve_rows, timing_rows = [], [], []
@@ -305,7 +306,8 @@ def run(config: RunConfig, progress: bool = True) -> Path:
                 learner, sampler, shape.meta_batch, iterations[name], val_sampler,
                 config.val_episodes, config.curve_points, f"train {label}" if label else None,
             )
-            rows, test_s = evaluate(learner, test_sampler, config.test_episodes, f"test  {label}" if label else None)
+            rows, test_s = evaluate(learner, test_sampler, config.test_episodes, f"test  {label}" if label else None,
+                                    workers=workers)
             episode_rows += [{"seed": seed, "learner": name, **r} for r in rows]
             curve_rows += [{"seed": seed, "learner": name, **r} for r in curve]
             timing_rows.append({
@@ -326,7 +328,7 @@ def run(config: RunConfig, progress: bool = True) -> Path:
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - wall_start,
     }
-    resolved = {**config.to_dict(), "iterations": iterations, "out": str(out), "device_resolved": str(device),
+    resolved = {**config.to_dict(), "iterations": iterations, "workers": workers, "out": str(out), "device_resolved": str(device),
                 "learner_settings": plans}
 
     def write(folder: Path) -> None:

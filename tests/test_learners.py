@@ -232,7 +232,7 @@ def test_learner_improves_over_chance_on_tiny_budget(name: str, omniglot_vinyals
         learner.meta_train_step(sampler.episodes(i * shape.meta_batch, shape.meta_batch))
     after = np.array([r["accuracy"] for r in evaluate(learner, test, 30)[0]])
     gain = after - before
-    se = lambda a: a.std(ddof=1) / np.sqrt(a.size)  # noqa: E731
+    se = lambda a: a.std(ddof=1) / np.sqrt(a.size)
     # paired improvement on identical episodes, by more than 2 standard errors
     assert gain.mean() > 2 * se(gain), (name, before.mean(), after.mean())
     # above 5-way chance (20%) by more than 3 standard errors
@@ -255,3 +255,17 @@ def test_first_order_maml_gradient_is_query_gradient_at_adapted_parameters(norm_
     expected = torch.autograd.grad(query, list(adapted.values()))
     for a, b in zip(fo, expected):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.slow
+def test_evaluation_in_worker_processes_matches_in_process(omniglot_vinyals) -> None:
+    """Spreading test episodes over processes changes nothing but the wall time."""
+    sampler = EpisodeSampler(omniglot_vinyals.test, 5, 1, 5, seed=0)
+    for name in ("reptile", "protonet"):
+        learner = build_learner(name, 5, (1, 28, 28), total_iterations=10, seed=0,
+                                overrides={"test_inner_steps": 3} if name == "reptile" else None)
+        serial, _ = evaluate(learner, sampler, 8, workers=1)
+        parallel, _ = evaluate(learner, sampler, 8, workers=2)
+        assert [r["episode"] for r in parallel] == list(range(8))
+        assert [r["accuracy"] for r in parallel] == [r["accuracy"] for r in serial], name
+        assert np.allclose([r["loss"] for r in parallel], [r["loss"] for r in serial], rtol=1e-4), name

@@ -33,16 +33,17 @@ def test_smoke_run_writes_every_output(tmp_path: Path, data_root: Path, capsys, 
     seen: dict[str, list[tuple]] = {}
     real_evaluate = runner.evaluate
 
-    def spy(learner, sampler, count, desc=None):
+    def spy(learner, sampler, count, desc=None, workers=1):
         if sampler.stream != "test":  # validation during training
             return real_evaluate(learner, sampler, count, desc)
+        workers = 1  # the spy lives in this process
         original = learner.predict
         def predict(ep):
             seen.setdefault(learner.name, []).append(tuple(a.tobytes() for a in (ep.index.classes, ep.index.support, ep.index.query)))
             return original(ep)
         learner.predict = predict
         try:
-            return real_evaluate(learner, sampler, count, desc)
+            return real_evaluate(learner, sampler, count, desc, workers=workers)
         finally:
             learner.predict = original
 
