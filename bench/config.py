@@ -51,8 +51,8 @@ BUDGETS: dict[str, Budget] = {
         iterations={name: 2 for name in LEARNERS}, test_episodes=10, val_episodes=2, curve_points=1
     ),
     "quick": Budget(
-        iterations={"maml": 220, "fomaml": 200, "reptile": 500, "protonet": 300, "matchingnet": 800},
-        test_episodes=600, val_episodes=20, curve_points=3,
+        iterations={"maml": 200, "fomaml": 200, "reptile": 600, "protonet": 260, "matchingnet": 600},
+        test_episodes=600, val_episodes=10, curve_points=3,
     ),
     "paper": Budget(
         iterations={"maml": 60000, "fomaml": 60000, "reptile": 100000, "protonet": 20000, "matchingnet": 20000},

@@ -258,14 +258,21 @@ def test_first_order_maml_gradient_is_query_gradient_at_adapted_parameters(norm_
 
 
 @pytest.mark.slow
-def test_evaluation_in_worker_processes_matches_in_process(omniglot_vinyals) -> None:
+def test_evaluation_in_worker_processes_matches_in_process(omniglot_vinyals, monkeypatch) -> None:
     """Spreading test episodes over processes changes nothing but the wall time."""
+    from metabench import evaluation
+    monkeypatch.setattr(evaluation, "PARALLEL_MIN_SECONDS", 0.0)  # use the workers for any episode
+    calls: list = []
+    real_pool = evaluation.ProcessPoolExecutor
+    monkeypatch.setattr(evaluation, "ProcessPoolExecutor", lambda *a, **k: calls.append(a) or real_pool(*a, **k))
     sampler = EpisodeSampler(omniglot_vinyals.test, 5, 1, 5, seed=0)
     for name in ("reptile", "protonet"):
         learner = build_learner(name, 5, (1, 28, 28), total_iterations=10, seed=0,
                                 overrides={"test_inner_steps": 3} if name == "reptile" else None)
-        serial, _ = evaluate(learner, sampler, 8, workers=1)
-        parallel, _ = evaluate(learner, sampler, 8, workers=2)
-        assert [r["episode"] for r in parallel] == list(range(8))
+        serial, _ = evaluate(learner, sampler, 12, workers=1)
+        calls.clear()
+        parallel, _ = evaluate(learner, sampler, 12, workers=2)
+        assert calls, "the worker processes were not used"
+        assert [r["episode"] for r in parallel] == list(range(12))
         assert [r["accuracy"] for r in parallel] == [r["accuracy"] for r in serial], name
         assert np.allclose([r["loss"] for r in parallel], [r["loss"] for r in serial], rtol=1e-4), name
