@@ -51,7 +51,7 @@ BUDGETS: dict[str, Budget] = {
         iterations={name: 2 for name in LEARNERS}, test_episodes=10, val_episodes=2, curve_points=1
     ),
     "quick": Budget(
-        iterations={"maml": 200, "fomaml": 200, "reptile": 600, "protonet": 260, "matchingnet": 600},
+        iterations={"maml": 220, "fomaml": 200, "reptile": 500, "protonet": 300, "matchingnet": 800},
         test_episodes=600, val_episodes=10, curve_points=3,
     ),
     "paper": Budget(
