@@ -83,7 +83,8 @@ def matching_log_probs(
 class MatchingModel(nn.Module):
     """Conv4 embedding and the log inverse temperature of the cosine attention.
 
-    Shapes: ``forward`` maps images ``[B, C, H, W]`` to embeddings ``[B, 64 * s * s]``.
+    Shapes: ``forward`` maps images ``[B, C, H, W]`` to embeddings ``[B, D]``
+    (``D = conv4_feature_dim(image_size)``, 64 for 28x28 Omniglot).
     """
 
     def __init__(self, channels: int, image_size: int, scale: float, learn_scale: bool) -> None:

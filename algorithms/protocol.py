@@ -97,7 +97,11 @@ class MetaLearner(ABC):
 
     @abstractmethod
     def meta_train_step(self, episodes: Sequence[Episode]) -> StepResult:
-        """One outer-loop update from a meta-batch of episodes already on ``self.device``."""
+        """One outer-loop update from a meta-batch of episodes already on ``self.device``.
+
+        Returns:
+            The step's mean training loss (nats) and accuracy (fraction), a :class:`StepResult`.
+        """
 
     @abstractmethod
     def predict(self, episode: Episode) -> torch.Tensor:
