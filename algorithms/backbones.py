@@ -129,4 +129,3 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy (nats) of ``logits`` ``[M, N]`` against integer ``labels`` ``[M]``."""
     return F.cross_entropy(logits, labels)
-

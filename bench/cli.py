@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.command == "run":
-            from metabench.runner import run, summary_markdown  # noqa: F401  (import torch lazily)
+            from metabench.runner import run  # imported here: it loads torch
 
             config = resolve(run_values(args))
             out = run(config, progress=not args.quiet)

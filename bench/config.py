@@ -271,5 +271,3 @@ def _check_counts(config: RunConfig) -> None:
         raise ConfigError("seeds must be >= 0: fix --seeds / --episode-seed")
     if len(set(config.seeds)) != len(config.seeds):
         raise ConfigError(f"--seeds lists a seed twice ({','.join(map(str, config.seeds))}): list each once")
-    if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):
-        raise ConfigError(f"unknown device {config.device!r}: use auto, cpu, cuda or cuda:N")

@@ -282,14 +282,15 @@ def run(config: RunConfig, progress: bool = True) -> Path:
     test_sampler, val_sampler = _eval_samplers(config, split)
     image_shape = split.train.dataset.image_shape
     iterations = {name: config.iterations.get(name) or BUDGETS[config.budget].iterations[name] for name in config.learners}
-    plans = {}
-    for name in config.learners:  # build every training sampler now: a bad shape fails before any training
+    shapes, plans = {}, {}
+    for name in config.learners:  # check every training episode shape now, before any training
         learner_cfg = learner_config(name, config.hparams.get(name))
         shape = LEARNERS[name](learner_cfg, config.ways, image_shape, 1, torch.device("cpu"), 0).train_shape(
             config.ways, config.shots, config.queries)
         EpisodeSampler(split.train, shape.ways, shape.shots, shape.queries, 0, stream="train",
                        description=f"train split of {config.dataset}/{config.split} (training episodes of {name}: "
                                    f"{shape.ways}-way {shape.shots}-shot {shape.queries} queries)")
+        shapes[name] = shape
         plans[name] = {"hyperparameters": dataclasses.asdict(learner_cfg), "train_episodes": dataclasses.asdict(shape)}
     test_ids = [test_sampler.index(i) for i in range(config.test_episodes)]
     workers = config.workers or default_workers(device)
@@ -299,7 +300,7 @@ def run(config: RunConfig, progress: bool = True) -> Path:
     for seed in config.seeds:
         for name in config.learners:
             learner = build_learner(name, config.ways, image_shape, iterations[name], device, seed, config.hparams.get(name))
-            shape = learner.train_shape(config.ways, config.shots, config.queries)
+            shape = shapes[name]
             sampler = EpisodeSampler(split.train, shape.ways, shape.shots, shape.queries, seed, stream="train")
             label = f"{name} seed {seed}" if progress else None
             curve, train_s = train(

@@ -35,6 +35,11 @@ class EpisodeIndex:
     support: np.ndarray
     query: np.ndarray
 
+    def key(self) -> bytes:
+        """The three index arrays as little-endian int64 bytes: what identifies the episode
+        (used by :func:`fingerprint` and to seed per-episode random draws)."""
+        return b"".join(np.ascontiguousarray(a, dtype="<i8").tobytes() for a in (self.classes, self.support, self.query))
+
 
 @dataclass(frozen=True)
 class Episode:
@@ -192,6 +197,5 @@ def fingerprint(pool: ClassPool, indices: list[EpisodeIndex]) -> str:
     h.update("\n".join(pool.names).encode())
     h.update(hashlib.sha256(np.ascontiguousarray(pool.dataset.images).data).digest())
     for idx in indices:
-        for arr in (idx.classes, idx.support, idx.query):
-            h.update(np.ascontiguousarray(arr, dtype="<i8").tobytes())
+        h.update(idx.key())
     return h.hexdigest()
