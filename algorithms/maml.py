@@ -14,9 +14,8 @@ Second-order MAML differentiates through the inner loop (the Hessian-vector prod
 first-order MAML (Sec. 5.2, "first-order approximation") drops the second derivatives by treating
 the inner-loop gradients as constants. Both run through the same code with one flag.
 
-The network is written as a pure function of a parameter dict with
-``torch.func.functional_call``, so that the inner loop, the order of differentiation and (later)
-batching over tasks are explicit. Batch norm is transductive (batch statistics at meta-train and
+The meta-gradient comes from the core, :mod:`metabench.algorithms.maml_core`: pure functions of
+a parameter dict, with a per-task path and a path batched over the tasks of the meta-batch. Batch norm is transductive (batch statistics at meta-train and
 meta-test time), as in the paper's experiments; see :mod:`metabench.algorithms.backbones`.
 """
 
@@ -28,14 +27,13 @@ from typing import ClassVar
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from metabench.datasets.sampler import Episode
+from metabench.errors import ConfigError
 
-from .backbones import Conv4, accuracy, cross_entropy
+from .backbones import Conv4, accuracy
+from .maml_core import CONV4, PATHS, adapt, choose_path, compiled_query_forward, meta_gradient
 from .protocol import EpisodeShape, MetaLearner, StepResult
-
-Params = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,11 @@ class MAMLConfig:
         first_order: drop second derivatives (first-order MAML, Sec. 5.2).
         train_queries: query examples per class in training episodes; ``None`` uses K, as the
             released code does (``num_samples_per_class = 2 * update_batch_size``).
+        path: how the core computes the meta-gradient: ``auto`` (per device, see
+            :func:`~metabench.algorithms.maml_core.choose_path`), ``per_task``, ``batched`` or
+            ``vmap``. All give the same numbers.
+        compile_query: run the query pass under ``torch.compile`` (one compilation per episode
+            shape, seconds to a minute on CPU).
     """
 
     MINIMUMS: ClassVar[dict[str, float | int]] = {"inner_lr": 0.0, "train_inner_steps": 1, "test_inner_steps": 0, "meta_batch": 1, "meta_lr": 0.0, "train_queries": 1}
@@ -62,66 +65,20 @@ class MAMLConfig:
     meta_lr: float = 1e-3
     first_order: bool = False
     train_queries: int | None = None
-
-
-def adapt(
-    model: nn.Module,
-    params: Params,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    steps: int,
-    inner_lr: float,
-    create_graph: bool,
-) -> Params:
-    """The MAML inner loop: ``steps`` plain gradient steps on the support loss (Eq. 1).
-
-    Args:
-        model: the network whose ``forward`` is evaluated with ``params`` via ``functional_call``.
-        params: name -> tensor, the starting parameters (theta), each requiring grad.
-        x: support images ``[N*K, C, H, W]``; y: support labels ``[N*K]``.
-        steps: number of inner gradient steps (>= 0).
-        inner_lr: alpha.
-        create_graph: keep the graph of the inner gradients so that the returned parameters are
-            twice differentiable in ``params`` (second-order MAML); ``False`` gives the first-order
-            approximation, where ``d theta' / d theta`` is the identity.
-
-    Returns:
-        The adapted parameters theta' (a new dict; ``params`` is not modified).
-    """
-    names = list(params)
-    for _ in range(steps):
-        loss = cross_entropy(functional_call(model, params, (x,)), y)
-        grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
-        params = {n: params[n] - inner_lr * g for n, g in zip(names, grads)}
-    return params
-
-
-def meta_loss(
-    model: nn.Module,
-    params: Params,
-    episode: Episode,
-    steps: int,
-    inner_lr: float,
-    first_order: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query loss of one task after adaptation, differentiable in ``params``.
-
-    Returns:
-        ``(loss, logits)``: the scalar query cross-entropy (nats) and the query logits
-        ``[N*Q, N]``.
-    """
-    fast = adapt(model, params, episode.support_x, episode.support_y, steps, inner_lr, not first_order)
-    logits = functional_call(model, fast, (episode.query_x,))
-    return cross_entropy(logits, episode.query_y), logits
+    path: str = "auto"
+    compile_query: bool = False
 
 
 class MAML(MetaLearner):
     """Second-order MAML (Finn et al. 2017, Alg. 2) on a Conv4 with a linear N-way head.
 
-    Each meta-training step loops over the tasks of the meta-batch, back-propagates each task's
-    query loss divided by the meta-batch size right away (so only one task's graph is alive at a
-    time), then takes one Adam step. ``predict`` adapts a detached copy of the parameters with
-    ``test_inner_steps`` first-order steps (no graph is needed at test time).
+    Each meta-training step takes the meta-gradient of the mean query loss over the meta-batch
+    from :func:`~metabench.algorithms.maml_core.meta_gradient` and one Adam step. ``predict``
+    adapts a detached copy of the parameters with ``test_inner_steps`` first-order steps (no graph
+    is needed at test time).
+
+    Raises:
+        ConfigError: for an unknown ``path``.
     """
 
     title = "MAML"
@@ -130,12 +87,13 @@ class MAML(MetaLearner):
 
     def __init__(self, config: MAMLConfig, ways, image_shape, total_iterations, device, seed) -> None:
         super().__init__(config, ways, image_shape, total_iterations, device, seed)
+        if config.path not in ("auto", *PATHS):
+            raise ConfigError(f"unknown path {config.path!r} for {self.name}: use --set {self.name}.path=auto|{'|'.join(PATHS)}")
         channels, height, _ = image_shape
-        # Second order: the tensor-op batch norm (double backward of the fused kernel is a slow
-        # composite: 983 vs 736 ms per meta-batch of 32 on 2 CPU cores); first order: the fused one.
-        norm_impl = "native" if config.first_order else "tensor_ops"
-        self._model = Conv4(channels, height, n_outputs=ways, norm_impl=norm_impl).to(device)
+        self._model = Conv4(channels, height, n_outputs=ways).to(device)
         self.optimizer = torch.optim.Adam(self._model.parameters(), lr=config.meta_lr)
+        self.path = choose_path(CONV4, device) if config.path == "auto" else config.path
+        self._query_forward = compiled_query_forward(CONV4) if config.compile_query else None
 
     @property
     def model(self) -> nn.Module:
@@ -147,30 +105,30 @@ class MAML(MetaLearner):
 
     def meta_train_step(self, episodes: Sequence[Episode]) -> StepResult:
         cfg = self.config
-        self._model.train()
         self.optimizer.zero_grad(set_to_none=True)
         params = dict(self._model.named_parameters())
-        losses, accs = [], []
-        for ep in episodes:
-            loss, logits = meta_loss(
-                self._model, params, ep, cfg.train_inner_steps, cfg.inner_lr, cfg.first_order
-            )
-            (loss / len(episodes)).backward()
-            losses.append(loss.item())
-            accs.append(accuracy(logits.detach(), ep.query_y))
+        result = meta_gradient(
+            CONV4, params,
+            torch.stack([e.support_x for e in episodes]), torch.stack([e.support_y for e in episodes]),
+            torch.stack([e.query_x for e in episodes]), torch.stack([e.query_y for e in episodes]),
+            cfg.train_inner_steps, cfg.inner_lr, cfg.first_order, self.path, self._query_forward,
+        )
+        for name, p in params.items():
+            p.grad = result.grads[name]
         self.optimizer.step()
         self.iteration += 1
-        return StepResult(sum(losses) / len(losses), sum(accs) / len(accs))
+        accs = [accuracy(out, e.query_y) for out, e in zip(result.outputs, episodes)]
+        return StepResult(result.losses.mean().item(), sum(accs) / len(accs))
 
     def predict(self, episode: Episode) -> torch.Tensor:
         params = {n: p.detach().requires_grad_(True) for n, p in self._model.named_parameters()}
         with torch.enable_grad():
             fast = adapt(
-                self._model, params, episode.support_x, episode.support_y,
+                CONV4, params, episode.support_x, episode.support_y,
                 self.config.test_inner_steps, self.config.inner_lr, create_graph=False,
             )
         with torch.no_grad():
-            return functional_call(self._model, {n: p.detach() for n, p in fast.items()}, (episode.query_x,))
+            return CONV4.forward({n: p.detach() for n, p in fast.items()}, episode.query_x, "native")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The ``metabench`` command line.
 
 ``metabench run``: train and test meta-learners on shared few-shot episodes, write a run directory
-and print its summary table. Errors are printed as one line, ``metabench: error: ...``, with exit
+and print its summary table. ``metabench time``: time one meta-training step per learner and
+implementation (:mod:`metabench.timing`), write a timing directory and print its table. Errors are printed as one line, ``metabench: error: ...``, with exit
 status 2.
 """
 
@@ -71,7 +72,60 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="LEARNER.NAME=VALUE",
                      help="override a hyperparameter, e.g. --set maml.inner_lr=0.1 (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    t = sub.add_parser(
+        "time", help="time one meta-training step per learner and implementation",
+        description="Time one meta-training step (forward, inner loop, meta-gradient, update) for each combination "
+                    "of the comma-separated lists; each combination runs in a fresh worker process.",
+    )
+    t.add_argument("--implementations", default="metabench", help="comma-separated: metabench, learn2learn, higher (peers: nox -s peers)")
+    t.add_argument("--learners", default="maml,fomaml,reptile,protonet,matchingnet", help="comma-separated learners (peers: maml only)")
+    t.add_argument("--shapes", default="5w1s", help="comma-separated N-way K-shot presets: 5w1s, 5w5s, 20w1s, 20w5s")
+    t.add_argument("--queries", type=int, default=15, help="Q query examples per class (default 15)")
+    t.add_argument("--meta-batch", default="16", help="comma-separated meta-batch sizes, e.g. 1,4,16,32 (default 16)")
+    t.add_argument("--inner-steps", default="1", help="comma-separated inner-step counts, e.g. 1,2,5,10 (default 1)")
+    t.add_argument("--inner-lr", type=float, default=0.4, help="MAML's inner learning rate alpha (default 0.4)")
+    t.add_argument("--paths", default="auto", help="comma-separated MAML core paths: auto, per_task, batched, vmap (default auto)")
+    t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    t.add_argument("--reps", type=int, default=20, help="timed repetitions per combination (default 20)")
+    t.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    t.add_argument("--out", help="directory to create (default runs/<time>-time-<device>)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
+def _time(args: argparse.Namespace) -> None:
+    """The ``time`` command: measure, write the directory atomically, print the table."""
+    from datetime import datetime
+    from pathlib import Path
+
+    from metabench import timing
+    from metabench.environment import environment
+    from metabench.runner import check_writable, resolve_device, write_atomically
+
+    device = resolve_device(args.device)
+    cells = timing.cells_for(
+        [v.strip() for v in args.implementations.split(",") if v.strip()],
+        [v.strip() for v in args.learners.split(",") if v.strip()],
+        [v.strip() for v in args.shapes.split(",") if v.strip()],
+        _ints(args.meta_batch, "--meta-batch"), _ints(args.inner_steps, "--inner-steps"),
+        args.queries, args.inner_lr, device.type, args.reps, args.warmup,
+        [v.strip() for v in args.paths.split(",") if v.strip()],
+    )
+    out = Path(args.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-time-{device.type}")
+    check_writable(out)
+    table, rate = timing.measure(cells, progress=not args.quiet)
+    env = environment(device)
+    write_atomically(out, lambda folder: timing.write_outputs(folder, table, rate, env))
+    print((out / "timing.md").read_text())
+    print(f"timing directory: {out}")
 
 
 def run_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -109,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = run(config, progress=not args.quiet)
             print((out / "summary.md").read_text())
             print(f"run directory: {out}")
+        elif args.command == "time":
+            _time(args)
         return 0
     except MetabenchError as exc:
         print(f"metabench: error: {exc}", file=sys.stderr)

@@ -1,0 +1,409 @@
+"""``metabench time``: the cost of one meta-training step, per learner and implementation.
+
+A **cell** is one (implementation, learner, N-way, K-shot, Q queries, meta-batch, inner steps,
+device). Each cell runs in a fresh worker process (``python -m metabench.timing CELL_JSON``), so
+that cells cannot share allocator state, compiled kernels or imported peer libraries. The worker:
+
+1. builds the learner (ours) or the peer's MAML on a Conv4 with weights from a fixed seed, and a
+   meta-batch of synthetic Omniglot-shaped episodes from a fixed seed (28x28 binary images with 10%
+   ink; the same tensors for every implementation);
+2. runs ``warmup`` untimed steps, then ``reps`` timed steps: wall clock on CPU; on CUDA, CUDA
+   events around each step after a synchronisation;
+3. measures the peak memory of one more step: on CUDA, ``torch.cuda.max_memory_allocated`` minus
+   the allocation before the step; on CPU (Linux), the growth of the resident set: glibc's mmap
+   threshold is fixed at 64 KiB (so freed tensors go back to the OS instead of staying in the
+   heap), the peak is reset through ``/proc/self/clear_refs`` and read as ``VmHWM``;
+4. counts the step's floating-point operations with ``torch.utils.flop_counter.FlopCounterMode``
+   (convolutions and matrix products, forward and all backward passes);
+5. for a peer, computes its meta-gradient and ours on identical weights and episodes, in float32
+   and in float64, and reports the relative difference ``||g_peer - g_ours|| / ||g_ours||``.
+
+The parent measures a float32 matrix-multiply rate (2048 x 2048, median of 10) on the same device in
+the same run, reports the median and interquartile range of each cell's step time, and the
+achieved FLOP/s as a fraction of that rate. Outputs (``timing.json``, ``timing.csv``,
+``timing.md``, ``environment.json``) are written atomically into the run directory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from metabench.errors import ConfigError
+
+IMPLEMENTATIONS = ("metabench", "learn2learn", "higher")
+TIMED_LEARNERS = ("maml", "fomaml", "reptile", "protonet", "matchingnet")
+# Learners whose step has an inner loop, so that --inner-steps applies.
+INNER_LOOP = ("maml", "fomaml", "reptile")
+SHAPES = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One timed configuration.
+
+    Attributes:
+        implementation: ``metabench``, ``learn2learn`` or ``higher``.
+        learner: one of :data:`TIMED_LEARNERS` (peers: ``maml`` only).
+        ways, shots, queries: N, K and Q of every episode.
+        meta_batch: episodes per meta-training step.
+        inner_steps: inner-loop steps (MAML, first-order MAML, Reptile; ignored by the others).
+        inner_lr: inner learning rate of MAML and first-order MAML (alpha).
+        device: ``cpu`` or ``cuda``.
+        reps: timed repetitions (>= 20 for a report). warmup: untimed steps before them.
+        seed: seeds the weights and the episodes.
+        check_gradient: for peers, also compare meta-gradients with ours.
+        path: our MAML core's path (``auto``, ``per_task``, ``batched``, ``vmap``); ignored
+            by the other learners and by peers.
+    """
+
+    implementation: str
+    learner: str
+    ways: int
+    shots: int
+    queries: int
+    meta_batch: int
+    inner_steps: int
+    inner_lr: float
+    device: str
+    reps: int
+    warmup: int
+    seed: int = 0
+    check_gradient: bool = True
+    path: str = "auto"
+
+    @property
+    def label(self) -> str:
+        """The implementation as shown in tables: ``metabench`` or ``metabench[path]``."""
+        if self.implementation == "metabench" and self.learner in ("maml", "fomaml") and self.path != "auto":
+            return f"metabench[{self.path}]"
+        return self.implementation
+
+
+def synthetic_episodes(cell: Cell, dtype: torch.dtype = torch.float32) -> list:
+    """``cell.meta_batch`` Omniglot-shaped episodes (1 x 28 x 28 binary images, 10% ink), from
+    ``cell.seed``, on ``cell.device``."""
+    from metabench.datasets.sampler import Episode, EpisodeIndex
+
+    gen = torch.Generator().manual_seed(cell.seed + 1)
+    n, k, q = cell.ways, cell.shots, cell.queries
+    out = []
+    for _ in range(cell.meta_batch):
+        sx = (torch.rand(n * k, 1, 28, 28, generator=gen) < 0.1).to(dtype)
+        qx = (torch.rand(n * q, 1, 28, 28, generator=gen) < 0.1).to(dtype)
+        idx = EpisodeIndex(np.arange(n), np.zeros((n, k), np.int64), np.zeros((n, q), np.int64))
+        out.append(Episode(sx.to(cell.device), torch.arange(n).repeat_interleave(k).to(cell.device),
+                           qx.to(cell.device), torch.arange(n).repeat_interleave(q).to(cell.device), idx))
+    return out
+
+
+def _overrides(cell: Cell) -> dict[str, Any]:
+    o: dict[str, Any] = {"meta_batch": cell.meta_batch}
+    if cell.learner in ("maml", "fomaml"):
+        o.update(train_inner_steps=cell.inner_steps, inner_lr=cell.inner_lr, train_queries=cell.queries, path=cell.path)
+    elif cell.learner == "reptile":
+        o.update(train_inner_steps=cell.inner_steps)
+    return o
+
+
+def build_step(cell: Cell) -> Callable[[], None]:
+    """The cell's meta-training step as a closure over its learner and episodes.
+
+    Raises:
+        ConfigError: for a peer asked for a learner other than MAML, or not installed.
+    """
+    from metabench.algorithms import build_learner
+
+    torch.manual_seed(cell.seed)
+    learner = build_learner(cell.learner, cell.ways, (1, 28, 28), 1000, cell.device, cell.seed, _overrides(cell))
+    episodes = synthetic_episodes(cell)
+    if cell.implementation == "metabench":
+        return lambda: learner.meta_train_step(episodes)
+    from metabench import peers
+
+    if cell.learner != "maml":
+        raise ConfigError(f"peers are timed for second-order MAML only, not {cell.learner}: use --learners maml")
+    model = peers.standard_conv4(dict(learner.model.named_parameters()), cell.ways)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    step = peers.peer_step(cell.implementation, model, optimizer, cell.inner_steps, cell.inner_lr, False)
+    return lambda: step(episodes)
+
+
+def gradient_difference(cell: Cell, dtype: torch.dtype) -> float:
+    """Relative L2 difference between the peer's meta-gradient and ours (core, ``per_task`` and
+    the learner's default path, the larger) on identical weights and episodes, in ``dtype``."""
+    from metabench import peers
+    from metabench.algorithms.backbones import Conv4
+    from metabench.algorithms.maml_core import CONV4, choose_path, meta_gradient
+
+    torch.manual_seed(cell.seed)
+    ours = Conv4(1, 28, n_outputs=cell.ways).to(cell.device, dtype)
+    params = dict(ours.named_parameters())
+    episodes = synthetic_episodes(cell, dtype)
+    stack = [torch.stack([getattr(e, a) for e in episodes]) for a in ("support_x", "support_y", "query_x", "query_y")]
+    model = peers.standard_conv4(params, cell.ways)
+    model.zero_grad(set_to_none=True)
+    peers.meta_gradient_step(cell.implementation, model, episodes, cell.inner_steps, cell.inner_lr, False)
+    g_peer = torch.cat([p.grad.flatten() for p in model.parameters()])
+    names = [f"features.{i}.{k}" for i in (0, 1, 4, 5, 8, 9, 12, 13) for k in ("weight", "bias")] + ["head.weight", "head.bias"]
+    worst = 0.0
+    for path in {"per_task", choose_path(CONV4, torch.device(cell.device))}:
+        g = meta_gradient(CONV4, params, *stack, cell.inner_steps, cell.inner_lr, False, path).grads
+        g_ours = torch.cat([g[n].flatten() for n in names])
+        worst = max(worst, ((g_peer - g_ours).norm() / g_ours.norm()).item())
+    return worst
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def peak_memory(step: Callable[[], None], device: str) -> int | None:
+    """Peak memory of one call of ``step``, in bytes, above what was allocated before it
+    (module docstring, item 3); ``None`` where it cannot be measured (CPU off Linux)."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, so large frees return to the OS
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        before = _status_kib("VmRSS")
+        step()
+        return (_status_kib("VmHWM") - before) * 1024
+    except OSError:
+        return None
+
+
+def count_flops(step: Callable[[], None]) -> int:
+    """Floating-point operations of one call of ``step`` (PyTorch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(step: Callable[[], None], device: str, reps: int, warmup: int) -> list[float]:
+    """Seconds of each of ``reps`` calls of ``step`` after ``warmup`` untimed ones (CUDA: events
+    recorded around each call, after a synchronisation)."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_cell(cell: Cell) -> dict[str, Any]:
+    """Measure one cell in this process (what the worker does); see the module docstring."""
+    step = build_step(cell)
+    times = time_step(step, cell.device, cell.reps, cell.warmup)
+    memory = peak_memory(step, cell.device)
+    flops = count_flops(step)
+    out: dict[str, Any] = {"times_s": times, "peak_memory_bytes": memory, "flops": flops}
+    if cell.implementation != "metabench" and cell.check_gradient:
+        out["grad_rel_diff_float32"] = gradient_difference(cell, torch.float32)
+        out["grad_rel_diff_float64"] = gradient_difference(cell, torch.float64)
+    return out
+
+
+def matmul_flops_per_s(device: str, n: int = 2048, reps: int = 10) -> float:
+    """Median float32 matrix-multiply rate (FLOP/s) of ``n x n`` products on ``device``."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    times = time_step(lambda: a @ b, device, reps, 2)
+    return 2 * n**3 / statistics.median(times)
+
+
+def cells_for(
+    implementations: Sequence[str], learners: Sequence[str], shapes: Sequence[str], meta_batches: Sequence[int],
+    inner_steps: Sequence[int], queries: int, inner_lr: float, device: str, reps: int, warmup: int,
+    paths: Sequence[str] = ("auto",),
+) -> list[Cell]:
+    """The cross product of the given lists; learners without an inner loop get one inner-steps
+    value (the first), peers only MAML, and ``paths`` apply to our MAML and first-order MAML.
+
+    Raises:
+        ConfigError: for an unknown implementation, learner or shape, or ``reps`` < 1.
+    """
+    for impl in implementations:
+        if impl not in IMPLEMENTATIONS:
+            raise ConfigError(f"unknown implementation {impl!r}: choose from {', '.join(IMPLEMENTATIONS)}")
+    for name in learners:
+        if name not in TIMED_LEARNERS:
+            raise ConfigError(f"unknown learner {name!r}: choose from {', '.join(TIMED_LEARNERS)}")
+    for shape in shapes:
+        if shape not in SHAPES:
+            raise ConfigError(f"unknown shape {shape!r}: choose from {', '.join(SHAPES)}")
+    from metabench.algorithms.maml_core import PATHS
+
+    for path in paths:
+        if path not in ("auto", *PATHS):
+            raise ConfigError(f"unknown path {path!r}: choose from auto, {', '.join(PATHS)}")
+    if reps < 1 or warmup < 0 or queries < 1 or min(meta_batches) < 1 or min(inner_steps) < 0:
+        raise ConfigError("--reps, --queries and --meta-batch must be >= 1, --warmup and --inner-steps >= 0")
+    cells = []
+    for impl in implementations:
+        for name in learners:
+            if impl != "metabench" and name != "maml":
+                continue
+            for shape in shapes:
+                ways, shots = SHAPES[shape]
+                for mb in meta_batches:
+                    for steps in (inner_steps if name in INNER_LOOP else inner_steps[:1]):
+                        for path in (paths if impl == "metabench" and name in ("maml", "fomaml") else ("auto",)):
+                            cells.append(Cell(impl, name, ways, shots, queries, mb, steps, inner_lr, device, reps, warmup, path=path))
+    return cells
+
+
+def summarize(cell: Cell, result: dict[str, Any], matmul_rate: float) -> dict[str, Any]:
+    """One table row: the cell, median and IQR of the step time (ms), memory (MiB), FLOPs, the
+    achieved FLOP/s and its percentage of the matrix-multiply rate."""
+    t = np.asarray(result["times_s"]) * 1e3
+    q1, med, q3 = np.percentile(t, [25, 50, 75])
+    row = {"label": cell.label, **asdict(cell)}
+    mem = result["peak_memory_bytes"]
+    row.update(
+        median_ms=med, iqr_ms=q3 - q1, peak_memory_mib=None if mem is None else mem / 2**20,
+        gflop_per_step=result["flops"] / 1e9, achieved_gflop_s=result["flops"] / (med / 1e3) / 1e9,
+        pct_of_matmul=100 * result["flops"] / (med / 1e3) / matmul_rate,
+        grad_rel_diff_float32=result.get("grad_rel_diff_float32"),
+        grad_rel_diff_float64=result.get("grad_rel_diff_float64"),
+    )
+    return row
+
+
+def add_ratios(table: pd.DataFrame) -> pd.DataFrame:
+    """Add ``time_vs_metabench`` and ``memory_vs_metabench``: each row's median time and peak
+    memory divided by those of the ``metabench`` row with the same learner and setting."""
+    keys = ["learner", "ways", "shots", "queries", "meta_batch", "inner_steps", "device"]
+    ours = table[table.label == "metabench"].set_index(keys)[["median_ms", "peak_memory_mib"]]
+    joined = table.join(ours, on=keys, rsuffix="_ours")
+    table = table.copy()
+    table["time_vs_metabench"] = joined.median_ms / joined.median_ms_ours
+    table["memory_vs_metabench"] = joined.peak_memory_mib / joined.peak_memory_mib_ours
+    return table
+
+
+def markdown(table: pd.DataFrame, matmul_rate: float, device_name: str) -> str:
+    """The timing table in Markdown, with how it was measured."""
+    lines = [
+        (f"Device: {device_name}. Matrix-multiply rate (float32 2048x2048, median of 10): "
+        f"{matmul_rate / 1e9:.1f} GFLOP/s. Step time: median and interquartile range over the "
+        "repetitions; memory: peak above the step's start (CUDA allocator, or resident-set growth on CPU); "
+        "ratios divide by the metabench row (default path) of the same setting; grad diff: relative L2 "
+        "difference of the peer's meta-gradient from ours on identical weights and episodes."),
+        "",
+        ("| implementation | learner | N-way K-shot | Q | meta-batch | inner steps | median (ms) | IQR (ms) "
+        "| time / ours | peak memory (MiB) | memory / ours | GFLOP / step | % of matmul | grad diff f32 | grad diff f64 |"),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def fmt(v: Any, spec: str) -> str:
+        return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
+
+    for r in table.itertuples():
+        steps = r.inner_steps if r.learner in INNER_LOOP else "—"
+        lines.append(
+            f"| {r.label} | {r.learner} | {r.ways}-way {r.shots}-shot | {r.queries} | {r.meta_batch} | {steps} "
+            f"| {r.median_ms:.1f} | {r.iqr_ms:.1f} | {fmt(r.time_vs_metabench, '.2f')} | {fmt(r.peak_memory_mib, '.1f')} "
+            f"| {fmt(r.memory_vs_metabench, '.2f')} | {r.gflop_per_step:.2f} | {r.pct_of_matmul:.1f} "
+            f"| {fmt(r.grad_rel_diff_float32, '.1e')} | {fmt(r.grad_rel_diff_float64, '.1e')} |"
+        )
+    return "\n".join(lines)
+
+
+def run_in_worker(cell: Cell, timeout: float | None = None) -> dict[str, Any]:
+    """Measure ``cell`` in a fresh Python process (``python -m metabench.timing``).
+
+    Raises:
+        MetabenchError: with the worker's last error line if it fails.
+    """
+    from metabench.errors import MetabenchError
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "metabench.timing", json.dumps(asdict(cell))],
+        check=False, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise MetabenchError(f"timing worker failed for {cell.implementation}/{cell.learner}: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(cells: Sequence[Cell], progress: bool = True) -> tuple[pd.DataFrame, float]:
+    """Run every cell in a worker process, with a progress bar; returns the table (with ratios)
+    and the matrix-multiply rate (FLOP/s) measured in this process."""
+    from tqdm import tqdm
+
+    rate = matmul_flops_per_s(cells[0].device)
+    rows = []
+    bar = tqdm(cells, desc="metabench time", unit="cell", disable=not progress)
+    for cell in bar:
+        bar.set_postfix_str(f"{cell.label} {cell.learner} {cell.ways}w{cell.shots}s B={cell.meta_batch} S={cell.inner_steps}")
+        rows.append(summarize(cell, run_in_worker(cell), rate))
+    return add_ratios(pd.DataFrame(rows)), rate
+
+
+def write_outputs(folder: Path, table: pd.DataFrame, rate: float, env: dict[str, Any]) -> None:
+    """Write ``timing.json``, ``timing.csv``, ``timing.md`` and ``environment.json`` into ``folder``."""
+    device_name = env.get("device_name") or env.get("cpu") or "?"
+    (folder / "timing.json").write_text(json.dumps(
+        {"matmul_flop_per_s": rate, "rows": json.loads(table.to_json(orient="records"))}, indent=2) + "\n")
+    table.to_csv(folder / "timing.csv", index=False)
+    (folder / "timing.md").write_text(markdown(table, rate, device_name) + "\n")
+    (folder / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
+
+
+def _worker_main(argv: Sequence[str]) -> int:
+    cell = Cell(**json.loads(argv[0]))
+    if cell.device == "cpu":
+        torch.set_num_threads(int(os.environ.get("METABENCH_THREADS", torch.get_num_threads())))
+    print(json.dumps(run_cell(cell)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))
+
+
