@@ -34,7 +34,7 @@ def data_root() -> Path:
     environment variable ``CI`` is ``"true"`` (CI must have the data).
     """
     env = os.environ.get("METABENCH_DATA")
-    root = Path(env) if env else REPO.parent / "shared" / "data"
+    root = (Path(env) if env else REPO.parent / "shared" / "data").resolve()
     if not (root / "omniglot" / "images_background.zip").is_file():
         message = (f"Omniglot not found under {root / 'omniglot'}: set METABENCH_DATA to a folder "
                    "with omniglot/images_background.zip and images_evaluation.zip")

@@ -1,0 +1,168 @@
+"""The MAML core: exact meta-gradients (finite differences, float64), every path agreeing with the
+others (float64 and float32), first order, and the vmap-over-nn.BatchNorm2d trap."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from metabench.algorithms.backbones import MLP, Conv4
+from metabench.algorithms.maml_core import (
+    CONV4,
+    MLP_REGRESSION,
+    PATHS,
+    adapt,
+    compiled_query_forward,
+    meta_gradient,
+)
+
+TASKS = 3
+
+
+def conv4_problem(dtype: torch.dtype) -> tuple:
+    """A small Conv4 (4 filters, 16x16 inputs, batch norm) and 3 three-way tasks; alpha = 0.4."""
+    torch.manual_seed(0)
+    model = Conv4(1, 16, hidden=4, n_outputs=3).to(dtype)
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+    gen = torch.Generator().manual_seed(1)
+    sx = torch.rand(TASKS, 6, 1, 16, 16, generator=gen).to(dtype)
+    qx = torch.rand(TASKS, 9, 1, 16, 16, generator=gen).to(dtype)
+    sy = torch.tensor([0, 0, 1, 1, 2, 2]).repeat(TASKS, 1)
+    qy = torch.tensor([0, 1, 2] * 3).repeat(TASKS, 1)
+    return CONV4, params, (sx, sy, qx, qy), 0.4
+
+
+def sinusoid_problem(dtype: torch.dtype) -> tuple:
+    """The sinusoid MLP (1-40-40-1) and 3 tasks as in Finn et al. (2017, Sec. 5.1): amplitude
+    U[0.1, 5], phase U[0, pi], x U[-5, 5], K = 10 support and 10 query points; alpha = 0.01."""
+    torch.manual_seed(0)
+    model = MLP().to(dtype)
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+    gen = torch.Generator().manual_seed(1)
+    amp = torch.rand(TASKS, 1, 1, generator=gen) * 4.9 + 0.1
+    phase = torch.rand(TASKS, 1, 1, generator=gen) * math.pi
+    xs = torch.rand(TASKS, 20, 1, generator=gen) * 10 - 5
+    ys = amp * torch.sin(xs - phase)
+    xs, ys = xs.to(dtype), ys.to(dtype)
+    return MLP_REGRESSION, params, (xs[:, :10], ys[:, :10], xs[:, 10:], ys[:, 10:]), 0.01
+
+
+PROBLEMS = {"conv4": conv4_problem, "sinusoid": sinusoid_problem}
+
+
+def flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.flatten() for g in grads.values()])
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative L2 difference ||a - b|| / ||b|| of two flattened meta-gradients."""
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("steps", [1, 5])
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_meta_gradient_matches_finite_differences(problem: str, steps: int, path: str) -> None:
+    """Second-order MAML's meta-gradient (every path) equals central finite differences of the
+    mean query loss after adaptation, in float64, along random directions; the first-order
+    approximation does not."""
+    backbone, params, batch, lr = PROBLEMS[problem](torch.float64)
+    grads = meta_gradient(backbone, params, *batch, steps, lr, False, path).grads
+    fo_grads = meta_gradient(backbone, params, *batch, steps, lr, True, path).grads
+    gen = torch.Generator().manual_seed(2)
+    eps = 1e-6
+    for _ in range(3):
+        direction = {n: torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in params.items()}
+
+        def loss_at(sign: float, direction: dict = direction) -> float:
+            shifted = {n: (p + sign * eps * direction[n]).detach().requires_grad_(True) for n, p in params.items()}
+            return meta_gradient(backbone, shifted, *batch, steps, lr, False, "per_task").losses.mean().item()
+
+        numeric = (loss_at(1.0) - loss_at(-1.0)) / (2 * eps)
+        analytic = sum((grads[n] * direction[n]).sum() for n in params).item()
+        first_order = sum((fo_grads[n] * direction[n]).sum() for n in params).item()
+        assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+        assert abs(first_order - numeric) > 1e-4 * abs(numeric)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("steps", [1, 5])
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_paths_agree_in_float64_and_float32(problem: str, steps: int, first_order: bool) -> None:
+    """Every path gives the per-task path's meta-gradient to <= 1e-10 (relative L2) in float64
+    and <= 1e-5 in float32, and the same query losses."""
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        backbone, params, batch, lr = PROBLEMS[problem](dtype)
+        ref = meta_gradient(backbone, params, *batch, steps, lr, first_order, "per_task")
+        for path in PATHS[1:]:
+            got = meta_gradient(backbone, params, *batch, steps, lr, first_order, path)
+            assert rel_diff(flat(got.grads), flat(ref.grads)) <= tol, (path, dtype)
+            assert torch.allclose(got.losses, ref.losses, rtol=100 * tol, atol=0), (path, dtype)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["per_task", "batched"])
+def test_compiled_query_pass_agrees(path: str) -> None:
+    """The query pass under torch.compile gives the eager meta-gradient (float64 <= 1e-10,
+    float32 <= 1e-5, relative L2), for 1 and 5 inner steps."""
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        backbone, params, batch, lr = conv4_problem(dtype)
+        compiled = compiled_query_forward(backbone)
+        for steps in (1, 5):
+            ref = meta_gradient(backbone, params, *batch, steps, lr, False, "per_task")
+            got = meta_gradient(backbone, params, *batch, steps, lr, False, path, query_forward=compiled)
+            assert rel_diff(flat(got.grads), flat(ref.grads)) <= tol, (dtype, steps)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_first_order_is_query_gradient_at_adapted_parameters(path: str) -> None:
+    """First-order MAML's meta-gradient is the mean over tasks of grad L_query(theta'_i) with
+    theta'_i held fixed (Finn et al. 2017, Sec. 5.2)."""
+    backbone, params, (sx, sy, qx, qy), lr = conv4_problem(torch.float64)
+    got = meta_gradient(backbone, params, sx, sy, qx, qy, 2, lr, True, path).grads
+    expected = {n: torch.zeros_like(p) for n, p in params.items()}
+    for t in range(TASKS):
+        fast = adapt(backbone, params, sx[t], sy[t], 2, lr, create_graph=False)
+        fast = {n: p.detach().requires_grad_(True) for n, p in fast.items()}
+        loss = F.cross_entropy(backbone.forward(fast, qx[t], "native"), qy[t]) / TASKS
+        for n, g in zip(fast, torch.autograd.grad(loss, list(fast.values()))):
+            expected[n] += g
+    assert rel_diff(flat(got), flat(expected)) <= 1e-12
+
+
+def test_unknown_path_is_rejected() -> None:
+    backbone, params, batch, lr = sinusoid_problem(torch.float64)
+    with pytest.raises(ValueError, match="unknown path 'fast': use one of per_task, batched, vmap"):
+        meta_gradient(backbone, params, *batch, 1, lr, False, "fast")
+
+
+def test_agreement_check_catches_vmap_over_nn_batchnorm() -> None:
+    """The trap of the design notes: torch.func.vmap over a module with
+    ``nn.BatchNorm2d(track_running_stats=False)`` returns wrong second-order meta-gradients
+    without an error. The float64 agreement check used above (<= 1e-10) rejects such a path."""
+    _, params, (sx, sy, qx, qy), lr = conv4_problem(torch.float64)
+    layers: list[nn.Module] = []
+    for c_in in (1, 4, 4, 4):
+        layers += [nn.Conv2d(c_in, 4, 3, padding=1), nn.BatchNorm2d(4, track_running_stats=False), nn.MaxPool2d(2), nn.ReLU()]
+    module = nn.Sequential(*layers, nn.Flatten(), nn.Linear(4, 3)).double()
+    names = [n for n, _ in module.named_parameters()]
+    mapped = dict(zip(names, params.values()))
+
+    def support_loss(p: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(module, p, (x,)), y)
+
+    fast = {n: p.unsqueeze(0).expand(TASKS, *p.shape) for n, p in mapped.items()}
+    grads = torch.func.vmap(torch.func.grad(support_loss))(fast, sx, sy)
+    fast = {n: fast[n] - lr * grads[n] for n in names}
+    loss = sum(F.cross_entropy(functional_call(module, {n: fast[n][t] for n in names}, (qx[t],)), qy[t]) for t in range(TASKS)) / TASKS
+    naive = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(mapped.values()))])
+    ref = flat(meta_gradient(CONV4, params, sx, sy, qx, qy, 1, lr, False, "per_task").grads)
+    diff = rel_diff(naive, ref)
+    if diff <= 1e-10:
+        pytest.skip(f"this torch ({torch.__version__}) no longer has the vmap/BatchNorm2d bug (difference {diff:.1e})")
+    assert diff > 1e-6  # measured 1e-2 to 1e-1 on torch 2.13: far outside any rounding
