@@ -96,8 +96,11 @@ def choose_path(backbone: Backbone, device: torch.device) -> str:
     """The default path: ``batched`` where the backbone has a task-batched forward, else
     ``per_task`` on CPU and ``vmap`` on CUDA (larger kernels pay there).
 
-    On 2 CPU cores (Conv4, 5-way 1-shot, meta-batch 16) ``batched`` was 3% faster than
-    ``per_task`` at 1 inner step and about 10-15% faster at 5, and ``vmap`` slower than both at 5.
+    On 2 CPU cores (Conv4, 5-way 1-shot, 15 queries per class, meta-batch 16; committed run
+    ``results/time-cpu-maml-vs-peers``) ``per_task`` took 1.60x / 1.39x ``batched``'s median time
+    at 1 / 5 inner steps, but ``batched`` peaks at 4.7x / 6.2x the memory (548 vs 116 MiB at 1
+    step), because it keeps every task's support graph until the outer backward pass. ``vmap``
+    was slower than ``batched`` at 5 steps in a microbenchmark.
     """
     if backbone.tasks_forward is not None:
         return "batched"

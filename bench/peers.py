@@ -33,6 +33,8 @@ from metabench.datasets.sampler import Episode
 from metabench.errors import ConfigError
 
 PEERS = ("learn2learn", "higher")
+# Our Conv4's parameter names in the order of standard_conv4's parameters().
+CONV4_NAMES = [f"features.{i}.{k}" for i in (0, 1, 4, 5, 8, 9, 12, 13) for k in ("weight", "bias")] + ["head.weight", "head.bias"]
 
 # torchvision names learn2learn 0.2.0 touches while being imported (module -> attributes):
 # transforms.py and the CIFAR-FS/FC100/Omniglot benchmarks import the modules; cifarfs.py
@@ -113,9 +115,8 @@ def standard_conv4(params: dict[str, torch.Tensor], ways: int) -> nn.Sequential:
                    nn.BatchNorm2d(w.shape[0], track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2)]
     head = params["head.weight"]
     model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(head.shape[1], ways)).to(head.device, head.dtype)
-    names = [f"features.{i}.{k}" for i in (0, 1, 4, 5, 8, 9, 12, 13) for k in ("weight", "bias")] + ["head.weight", "head.bias"]
     with torch.no_grad():
-        for p, name in zip(model.parameters(), names):
+        for p, name in zip(model.parameters(), CONV4_NAMES):
             p.copy_(params[name])
     return model
 

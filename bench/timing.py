@@ -159,11 +159,10 @@ def gradient_difference(cell: Cell, dtype: torch.dtype) -> float:
     model.zero_grad(set_to_none=True)
     peers.meta_gradient_step(cell.implementation, model, episodes, cell.inner_steps, cell.inner_lr, False)
     g_peer = torch.cat([p.grad.flatten() for p in model.parameters()])
-    names = [f"features.{i}.{k}" for i in (0, 1, 4, 5, 8, 9, 12, 13) for k in ("weight", "bias")] + ["head.weight", "head.bias"]
     worst = 0.0
     for path in {"per_task", choose_path(CONV4, torch.device(cell.device))}:
         g = meta_gradient(CONV4, params, *stack, cell.inner_steps, cell.inner_lr, False, path).grads
-        g_ours = torch.cat([g[n].flatten() for n in names])
+        g_ours = torch.cat([g[n].flatten() for n in peers.CONV4_NAMES])
         worst = max(worst, ((g_peer - g_ours).norm() / g_ours.norm()).item())
     return worst
 
