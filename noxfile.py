@@ -1,4 +1,4 @@
-"""nox sessions for metabench: ``tests`` (default), ``lint``, ``demo``, ``perf``, ``peers``.
+"""nox sessions for metabench: ``tests`` (default), ``lint``, ``demo``, ``perf``, ``peers``, ``report``.
 
 Every session installs ``torch==2.13.0`` first and the project with ``-c constraints.txt``, so no
 dependency can replace it with another (CUDA) build. Data: sessions pass ``METABENCH_DATA``
@@ -44,6 +44,20 @@ def demo(session: nox.Session) -> None:
     """The README's main command: all five learners, ``quick`` budget, into ``runs/``."""
     _install(session)
     session.run("metabench", "run", "--budget", "quick", *session.posargs, env={"METABENCH_DATA": DATA})
+
+
+# The committed report: regenerated from the committed runs (no training, no data needed).
+REPORT_INPUTS = ["results/omniglot-vinyals-5w1s-quick", "results/time-cpu-maml-vs-peers"]
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Regenerate results/report (tables, statistics, figures, index.md) from the committed run
+    and timing directories with ``metabench report --force``; other arguments replace the inputs
+    and output (e.g. ``-- runs/my-run --out runs/my-report``)."""
+    _install(session)
+    args = session.posargs or [*REPORT_INPUTS, "--out", "results/report", "--force"]
+    session.run("metabench", "report", *args)
 
 
 # Regression threshold of the perf session: fail when a benchmark's median is more than 40% slower

@@ -2,7 +2,9 @@
 
 ``metabench run``: train and test meta-learners on shared few-shot episodes, write a run directory
 and print its summary table. ``metabench time``: time one meta-training step per learner and
-implementation (:mod:`metabench.timing`), write a timing directory and print its table. Errors are printed as one line, ``metabench: error: ...``, with exit
+implementation (:mod:`metabench.timing`), write a timing directory and print its table.
+``metabench report``: tables, paired statistics and figures from run and timing directories
+(:mod:`metabench.report`). Errors are printed as one line, ``metabench: error: ...``, with exit
 status 2.
 """
 
@@ -91,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     t.add_argument("--out", help="directory to create (default runs/<time>-time-<device>)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    r = sub.add_parser(
+        "report", help="tables, statistics and figures from run and timing directories",
+        description="Write a report folder (index.md, Markdown/LaTeX/CSV tables, PNG/PDF figures) from any mix of "
+                    "`metabench run` and `metabench time` directories. Runs of the same setting must share their "
+                    "test episodes; their learners are compared episode by episode.",
+    )
+    r.add_argument("dirs", nargs="+", metavar="RUN_DIR", help="run or timing directory (any number, any mix)")
+    r.add_argument("--out", help="report folder to create (default: report)")
+    r.add_argument("--force", action="store_true", help="replace --out if it is an existing metabench report")
     return parser
 
 
@@ -165,6 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"run directory: {out}")
         elif args.command == "time":
             _time(args)
+        elif args.command == "report":
+            from pathlib import Path
+
+            from metabench.report import report
+
+            out = report(args.dirs, Path(args.out) if args.out else None, force=args.force)
+            print(f"report: {out / 'index.md'}")
         return 0
     except MetabenchError as exc:
         print(f"metabench: error: {exc}", file=sys.stderr)

@@ -15,3 +15,8 @@ class DataError(MetabenchError):
 
 class ConfigError(MetabenchError):
     """A run's configuration is invalid: unknown name, impossible episode shape, bad path."""
+
+
+class ReportError(MetabenchError):
+    """``metabench report`` cannot use its inputs: a folder that is not a run or timing directory,
+    malformed files, runs of one setting tested on different episodes, an existing output folder."""

@@ -15,14 +15,9 @@ failed run leaves nothing half-written):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,6 +36,7 @@ from metabench.datasets.sampler import EpisodeSampler, fingerprint
 from metabench.environment import environment
 from metabench.errors import ConfigError
 from metabench.evaluation import default_workers, evaluate, synchronize
+from metabench.outdir import check_writable, write_atomically
 from metabench.statistics import mean_ci95
 
 
@@ -70,63 +66,6 @@ def default_out(config: RunConfig) -> Path:
     """``runs/<UTC time>-<dataset>-<split>-<N>w<K>s`` under the current directory."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{stamp}-{config.dataset}-{config.split}-{config.ways}w{config.shots}s"
-
-
-def check_writable(out: Path) -> None:
-    """Fail early, creating nothing, if the run directory ``out`` could not be written.
-
-    Raises:
-        ConfigError: if ``out`` exists, or its nearest existing ancestor is not a writable folder.
-    """
-    try:
-        if out.exists():
-            raise ConfigError(f"run directory {out} already exists: choose another --out or delete it")
-        ancestor = out.parent
-        while not ancestor.exists():
-            ancestor = ancestor.parent
-    except OSError as exc:
-        raise ConfigError(f"cannot write the run directory {out} ({exc.strerror or exc}): choose a writable --out") from None
-    if not ancestor.is_dir():
-        raise ConfigError(f"cannot write the run directory {out} ({ancestor} is not a folder): choose a writable --out")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write the run directory {out} ({ancestor} is not writable): choose a writable --out")
-
-
-def write_atomically(out: Path, write: Callable[[Path], None]) -> None:
-    """Create ``out`` with the files ``write(folder)`` puts in a folder, all or nothing.
-
-    The files are written into a temporary folder beside ``out`` (``.<name>.partial-*``) that is
-    renamed to ``out`` only when ``write`` has returned; on any failure the temporary folder and
-    the parent folders created for it are removed.
-
-    Raises:
-        ConfigError: if the folder cannot be created, written or renamed (disk full, ``out``
-            created meanwhile by someone else, ...).
-    """
-    created: list[Path] = []
-    partial: Path | None = None
-    try:
-        missing = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
-        for p in reversed(missing):
-            p.mkdir()
-            created.append(p)
-        partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        partial.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700)
-        write(partial)
-        if out.exists():
-            raise FileExistsError(17, "it was created while the run was going on")
-        partial.rename(out)
-    except BaseException as exc:
-        if partial is not None:
-            shutil.rmtree(partial, ignore_errors=True)
-        for p in reversed(created):
-            with contextlib.suppress(OSError):
-                p.rmdir()  # only if still empty: another run may be writing there
-        if isinstance(exc, OSError):
-            raise ConfigError(f"could not write the run directory {out} ({exc.strerror or exc}): free space or choose another --out") from None
-        raise
 
 
 def train(
