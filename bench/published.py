@@ -20,8 +20,9 @@ Columns: ``learner`` (metabench's name), ``method`` (the paper's name), ``varian
 ``transductive``; empty for the single published variant), ``dataset``, ``split`` (the metabench
 split whose test classes follow the paper's protocol: ``vinyals`` for Omniglot papers that test on
 423 held-out characters with rotations, ``ravi`` / ``vinyals`` for the two miniImageNet class
-splits), ``ways``, ``shots``, ``accuracy_pct``, ``ci95_pct`` (half-width of the published 95%
-interval; empty where none was published), ``transductive`` (``yes`` / ``no`` / ``unknown``),
+splits), ``ways``, ``shots``, ``accuracy_pct``, ``ci95_pct`` (the ± the paper printed: a 95% confidence
+interval over test tasks in Finn et al. and Snell et al.; for Nichol et al. as printed, without
+checking what it is computed over; empty where none was published), ``transductive`` (``yes`` / ``no`` / ``unknown``),
 ``key`` (citation key), ``short`` (``Finn et al. 2017``), ``citation`` (authors, year, title,
 venue), ``table``, ``verified``
 (``yes``: checked against a copy or verbatim quote of the paper's table while writing this file;

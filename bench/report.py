@@ -339,9 +339,9 @@ def accuracy_caption(results: Sequence[SettingResult], with_published: bool, unv
              f"from the best of its column (paired t-test on the shared episodes, Holm-adjusted over all pairs of the "
              f"column, α = {ALPHA}); overlapping intervals are not used as a test.")
     if with_published:
-        text += (" Published: the papers' reported accuracy (± their 95% interval where one was published) where "
-                 "dataset, split, N-way and K-shot match; they come from full training with the authors' code, "
-                 "not from metabench.")
+        text += (" Published: the papers' reported accuracy (± as printed there: 95% confidence intervals in Finn "
+                 "et al. and Snell et al.) where dataset, split, N-way and K-shot match; they come from full training "
+                 "with the authors' code, not from metabench.")
         if unverified:
             text += " *: not verified against the paper."
     return text
@@ -359,8 +359,8 @@ def accuracy_caption_tex(results: Sequence[SettingResult], with_published: bool,
     text += (r" Bold: highest mean of its column. $^{\dagger}$: not significantly different from the best of its column "
              rf"(paired $t$-test on the shared episodes, Holm-adjusted over all pairs, $\alpha = {ALPHA}$).")
     if with_published:
-        text += (r" Published: the papers' reported accuracy ($\pm$ their 95\% interval where published) for the same "
-                 r"dataset, split, $N$-way and $K$-shot, from full training with the authors' code.")
+        text += (r" Published: the papers' reported accuracy ($\pm$ as printed there) for the same dataset, split, "
+                 r"$N$-way and $K$-shot, from full training with the authors' code.")
         if unverified:
             text += " *: not verified against the paper."
     return text
