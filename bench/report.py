@@ -683,6 +683,7 @@ def render(results: Sequence[SettingResult], timing: pd.DataFrame, timings: Sequ
             result.files = [str(p.relative_to(folder)) for p in paths]
         figures_done[result.name] = result
     counter = iter(range(1, 100))
+    table_no = iter(range(1, 100))
 
     def figure_md(name: str) -> list[str]:
         f = figures_done[name]
@@ -697,7 +698,7 @@ def render(results: Sequence[SettingResult], timing: pd.DataFrame, timings: Sequ
         put("accuracy.tex", to_latex(table))
         csv("accuracy.csv", wide)
         csv("accuracy_long.csv", long)
-        md += ["## Accuracy", "", to_markdown(table, caption=False), "", f"*Table 1.* {table.caption}", "",
+        md += ["## Accuracy", "", to_markdown(table, caption=False), "", f"*Table {next(table_no)}.* {table.caption}", "",
                ("Files: [LaTeX](tables/accuracy.tex), [CSV](tables/accuracy.csv), "
                 "[long CSV](tables/accuracy_long.csv)."), ""]
         md += figure_md("accuracy")
@@ -708,8 +709,9 @@ def render(results: Sequence[SettingResult], timing: pd.DataFrame, timings: Sequ
             put("comparisons.tex", "\n".join(to_latex(t) for _, t in comp))
             csv("comparisons.csv", comparisons_frame(results))
             md += ["## Paired comparisons", ""]
-            for i, (r, t) in enumerate(comp, start=2):
-                md += [f"### {r.setting.title}", "", to_markdown(t, caption=False), "", f"*Table {i}.* {t.caption}", ""]
+            for r, t in comp:
+                md += [f"### {r.setting.title}", "", to_markdown(t, caption=False), "",
+                       f"*Table {next(table_no)}.* {t.caption}", ""]
             md += ["Files: [LaTeX](tables/comparisons.tex), [CSV](tables/comparisons.csv).", ""]
         md += ["## Per-episode accuracy", ""] + figure_md("episodes")
         md += ["## Learning curves", ""]
@@ -731,7 +733,7 @@ def render(results: Sequence[SettingResult], timing: pd.DataFrame, timings: Sequ
         put("timing.md", to_markdown(t))
         put("timing.tex", to_latex(t))
         csv("timing.csv", timing)
-        md += ["## Time and memory per meta-step", "", to_markdown(t, caption=False), "", f"*Table.* {t.caption}", "",
+        md += ["## Time and memory per meta-step", "", to_markdown(t, caption=False), "", f"*Table {next(table_no)}.* {t.caption}", "",
                "Files: [LaTeX](tables/timing.tex), [CSV](tables/timing.csv).", ""]
         for name in ("time_vs_inner_steps", "time_vs_meta_batch", "memory_vs_inner_steps", "cpu_vs_gpu", "peers"):
             md += figure_md(name)

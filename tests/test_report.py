@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -357,7 +358,7 @@ def test_committed_results_report_is_current(committed: Path) -> None:
 # LaTeX
 
 
-def test_latex_tables_compile(committed: Path, synthetic: dict[str, Path], tmp_path: Path) -> None:
+def test_latex_tables_and_pdf_figures_compile(committed: Path, synthetic: dict[str, Path], tmp_path: Path) -> None:
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex is not installed (apt-get install texlive-latex-base texlive-latex-recommended); "
                     "CI does not install a LaTeX toolchain")
@@ -365,8 +366,12 @@ def test_latex_tables_compile(committed: Path, synthetic: dict[str, Path], tmp_p
         (tmp_path / str(i)).mkdir()
         doc = tmp_path / str(i) / "doc.tex"
         body = "\n".join((folder / f).read_text() for f in ("accuracy.tex", "comparisons.tex", "timing.tex"))
+        # the vector figures must be readable PDF too: include them
+        pdfs = sorted((folder.parent / "figures").glob("*.pdf"))
+        body += "".join(f"\n\\clearpage\\includegraphics[width=\\linewidth]{{{p}}}" for p in pdfs)
         doc.write_text("\\documentclass{article}\n\\usepackage[margin=1cm,landscape]{geometry}\n"
-                       "\\usepackage{booktabs}\n\\begin{document}\n" + body + "\n\\end{document}\n")
+                       "\\usepackage{booktabs}\n\\usepackage{graphicx}\n\\begin{document}\n" + body
+                       + "\n\\end{document}\n")
         proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], check=False, cwd=doc.parent,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stdout[-3000:]
@@ -376,6 +381,8 @@ def test_latex_tables_compile(committed: Path, synthetic: dict[str, Path], tmp_p
             warnings = [w for w in warnings if "Float too large" not in w]
         assert warnings == []
         assert (doc.parent / "doc.pdf").read_bytes().startswith(b"%PDF")
+        pages = re.search(r"Output written on doc\.pdf \((\d+) pages", proc.stdout.replace("\n", ""))
+        assert len(pdfs) >= 7 and pages and int(pages.group(1)) > len(pdfs)  # one page per figure after the tables
 
 
 def test_latex_escape_and_rendering() -> None:
