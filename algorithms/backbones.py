@@ -34,6 +34,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .batch_norm import batch_norm_twice
+
 
 class BatchStatNorm2d(nn.Module):
     """Batch normalisation with batch statistics only (Ioffe & Szegedy 2015, Alg. 1).
@@ -170,53 +172,71 @@ def conv4_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: str = 
         params: name -> tensor, the parameters of a :class:`Conv4` (with or without a head).
         x: images ``[M, C, H, W]``.
         norm: ``"native"`` (fused ``F.batch_norm``; fast, but its second derivative is a slow
-            composite) or ``"tensor_ops"`` (:func:`batch_stat_norm`).
+            composite), ``"twice"`` (:func:`~metabench.algorithms.batch_norm.batch_norm_twice`:
+            fused, with a fast second derivative) or ``"tensor_ops"`` (:func:`batch_stat_norm`,
+            safe under ``vmap``).
 
     Returns:
         Logits ``[M, n_outputs]``, or the embedding ``[M, D]`` if ``params`` has no head.
 
     Raises:
-        KeyError: if ``params`` lacks a Conv4 parameter.
+        KeyError: if ``params`` lacks a Conv4 parameter. ValueError: for an unknown ``norm``.
     """
     for i in CONV_LAYERS:
         x = F.conv2d(x, params[f"features.{i}.weight"], params[f"features.{i}.bias"], padding=1)
         w, b = params[f"features.{i + 1}.weight"], params[f"features.{i + 1}.bias"]
-        if norm == "native":
-            x = F.batch_norm(x, None, None, w, b, training=True, eps=1e-5)
-        else:
-            x = batch_stat_norm(x, w, b, (0, 2, 3))
-        x = F.relu(F.max_pool2d(x, 2))
+        x = F.relu(F.max_pool2d(_norm(norm)(x, w, b), 2))
     z = x.flatten(1)
     return F.linear(z, params["head.weight"], params["head.bias"]) if "head.weight" in params else z
 
 
-def conv4_tasks_forward(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def _native_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.batch_norm(x, None, None, w, b, training=True, eps=1e-5)
+
+
+def _tensor_ops_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return batch_stat_norm(x, w, b, (0, 2, 3))
+
+
+NORMS = {"native": _native_norm, "tensor_ops": _tensor_ops_norm, "twice": batch_norm_twice}
+
+
+def _norm(name: str):
+    try:
+        return NORMS[name]
+    except KeyError:
+        raise ValueError(f"unknown batch-norm form {name!r}: use one of {', '.join(NORMS)}") from None
+
+
+def conv4_tasks_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: str = "tensor_ops") -> torch.Tensor:
     """Conv4 for a batch of T tasks, each with its own parameters, in one pass.
 
     The T parameter sets are stacked on a leading axis; each convolution runs as one grouped
     convolution with ``groups=T`` (task t's images meet only task t's filters), batch norm takes
-    statistics per task and channel (tensor ops, so twice differentiable), and the head is a
+    statistics per task and channel (the channels of the grouped tensor), and the head is a
     batched matrix product. Mathematically identical to calling :func:`conv4_forward` per task
-    with ``norm="tensor_ops"``.
+    with the same ``norm``.
 
     Args:
         params: name -> ``[T, *shape]``, the Conv4 parameters of each task (with a head).
         x: images ``[T, M, C, H, W]`` (M images per task).
+        norm: as in :func:`conv4_forward`.
 
     Returns:
         Logits ``[T, M, n_outputs]``.
+
+    Raises:
+        ValueError: for an unknown ``norm``.
     """
     tasks, m = x.shape[:2]
     h = x.transpose(0, 1).reshape(m, tasks * x.shape[2], *x.shape[3:])
     for i in CONV_LAYERS:
         w = params[f"features.{i}.weight"]
         h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), params[f"features.{i}.bias"].reshape(-1), padding=1, groups=tasks)
-        height, width = h.shape[-2:]
-        h5 = h.view(m, tasks, -1, height, width)
-        gamma = params[f"features.{i + 1}.weight"].view(1, tasks, -1, 1, 1)
-        beta = params[f"features.{i + 1}.bias"].view(1, tasks, -1, 1, 1)
-        h5 = batch_stat_norm(h5, gamma, beta, (0, 3, 4))
-        h = F.relu(F.max_pool2d(h5.reshape(m, -1, height, width), 2))
+        # Channels of the grouped tensor are (task, channel) pairs, so per-channel batch norm of
+        # [M, T*C, H, W] takes statistics per task and channel, as each task's own forward does.
+        gamma, beta = params[f"features.{i + 1}.weight"], params[f"features.{i + 1}.bias"]
+        h = F.relu(F.max_pool2d(_norm(norm)(h, gamma.reshape(-1), beta.reshape(-1)), 2))
     z = h.reshape(m, tasks, -1).transpose(0, 1)
     return torch.baddbmm(params["head.bias"].unsqueeze(1), z, params["head.weight"].transpose(1, 2))
 
@@ -261,7 +281,7 @@ def mlp_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: str = "n
     return x
 
 
-def mlp_tasks_forward(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def mlp_tasks_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: str = "native") -> torch.Tensor:
     """:class:`MLP` for T tasks with stacked parameters ``[T, *shape]``: ``x`` ``[T, M, in]`` ->
     ``[T, M, out]`` (batched matrix products)."""
     layers = _linear_names(params)

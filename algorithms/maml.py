@@ -15,8 +15,10 @@ first-order MAML (Sec. 5.2, "first-order approximation") drops the second deriva
 the inner-loop gradients as constants. Both run through the same code with one flag.
 
 The meta-gradient comes from the core, :mod:`metabench.algorithms.maml_core`: pure functions of
-a parameter dict, with a per-task path and a path batched over the tasks of the meta-batch. Batch norm is transductive (batch statistics at meta-train and
-meta-test time), as in the paper's experiments; see :mod:`metabench.algorithms.backbones`.
+a parameter dict, with several paths (per task, batched over the tasks of the meta-batch, batched
+with the inner loop recomputed chunk by chunk) that give the same numbers. Batch norm is
+transductive (batch statistics at meta-train and meta-test time), as in the paper's experiments;
+see :mod:`metabench.algorithms.backbones`.
 """
 
 from __future__ import annotations
@@ -50,13 +52,15 @@ class MAMLConfig:
         train_queries: query examples per class in training episodes; ``None`` uses K, as the
             released code does (``num_samples_per_class = 2 * update_batch_size``).
         path: how the core computes the meta-gradient: ``auto`` (per device, see
-            :func:`~metabench.algorithms.maml_core.choose_path`), ``per_task``, ``batched`` or
-            ``vmap``. All give the same numbers.
+            :func:`~metabench.algorithms.maml_core.choose_path`), ``per_task``, ``batched``,
+            ``recompute`` or ``vmap``. All give the same numbers.
+        chunk: tasks per chunk of the ``recompute`` path; 0 chooses it from the episode shape
+            (:func:`~metabench.algorithms.maml_core.default_chunk`).
         compile_query: run the query pass under ``torch.compile`` (one compilation per episode
-            shape, seconds to a minute on CPU).
+            shape, seconds to a minute on CPU; Inductor needs a C++ compiler there).
     """
 
-    MINIMUMS: ClassVar[dict[str, float | int]] = {"inner_lr": 0.0, "train_inner_steps": 1, "test_inner_steps": 0, "meta_batch": 1, "meta_lr": 0.0, "train_queries": 1}
+    MINIMUMS: ClassVar[dict[str, float | int]] = {"inner_lr": 0.0, "train_inner_steps": 1, "test_inner_steps": 0, "meta_batch": 1, "meta_lr": 0.0, "train_queries": 1, "chunk": 0}
 
     inner_lr: float = 0.4
     train_inner_steps: int = 1
@@ -66,6 +70,7 @@ class MAMLConfig:
     first_order: bool = False
     train_queries: int | None = None
     path: str = "auto"
+    chunk: int = 0
     compile_query: bool = False
 
 
@@ -111,7 +116,7 @@ class MAML(MetaLearner):
             CONV4, params,
             torch.stack([e.support_x for e in episodes]), torch.stack([e.support_y for e in episodes]),
             torch.stack([e.query_x for e in episodes]), torch.stack([e.query_y for e in episodes]),
-            cfg.train_inner_steps, cfg.inner_lr, cfg.first_order, self.path, self._query_forward,
+            cfg.train_inner_steps, cfg.inner_lr, cfg.first_order, self.path, self._query_forward, cfg.chunk or None,
         )
         for name, p in params.items():
             p.grad = result.grads[name]

@@ -20,15 +20,23 @@ numbers (checked against each other and against finite differences in the tests)
     batches become one large one. The query losses are then differentiated one task at a time
     with respect to detached adapted parameters, and their gradients are pushed back through the
     batched inner loop in one backward pass (the chain rule, split at theta').
+``recompute``
+    ``batched`` in chunks of tasks, with bounded memory: theta' of every task first without a
+    second-order graph, then the query gradients ``dL/dtheta'`` one task at a time, then the
+    inner loop again chunk by chunk with its second-order graph, backpropagating ``dL/dtheta'``.
+    Peak memory is the larger of one query graph and one chunk's support graph.
 ``vmap``
     Like ``batched`` but the inner loop is ``torch.func.vmap(torch.func.grad(...))`` over the
     single-task forward, for backbones without a task-batched forward.
 
-Why two batch-norm forms: the support pass is differentiated twice (second order), and the fused
-``F.batch_norm`` kernel's double backward is a slow composite, so the support pass uses
-batch norm written in tensor operations; the query pass is differentiated once, so it uses the
-fused kernel. Under ``vmap``, ``nn.BatchNorm2d`` silently gives wrong second-order
-meta-gradients on torch 2.13; the tensor-op form is correct (the tests catch the difference).
+Batch-norm forms: the support pass is differentiated twice (second order), and the fused
+``F.batch_norm`` kernel's double backward is a slow composite, so the second-order support pass
+uses :func:`~metabench.algorithms.batch_norm.batch_norm_twice` (fused kernels with a hand-derived
+second derivative; measured 15-40% faster than batch norm in tensor operations on 2 CPU cores,
+and 29% fewer bytes kept per task and inner step: 6.4 vs 9.0 MiB for 5 Omniglot images);
+the query pass and first-order inner loops are differentiated once, so they use the fused kernel.
+``vmap`` uses batch norm in tensor operations: under ``vmap``, ``nn.BatchNorm2d`` silently gives
+wrong second-order meta-gradients on torch 2.13 (the tests catch the difference).
 
 Measured choices (2-core CPU, Conv4, 5-way 1-shot, 15 queries per class, meta-batch 16): see
 :func:`choose_path` and the README's timing table.
@@ -46,7 +54,7 @@ from torch.nn import functional as F
 from .backbones import conv4_forward, conv4_tasks_forward, mlp_forward, mlp_tasks_forward
 
 Params = dict[str, torch.Tensor]
-PATHS = ("per_task", "batched", "vmap")
+PATHS = ("per_task", "batched", "recompute", "vmap")
 
 
 def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -93,18 +101,19 @@ class MetaGradient:
 
 
 def choose_path(backbone: Backbone, device: torch.device) -> str:
-    """The default path: ``batched`` where the backbone has a task-batched forward, else
-    ``per_task`` on CPU and ``vmap`` on CUDA (larger kernels pay there).
+    """The default path: ``per_task`` on CPU; on CUDA ``recompute`` where the backbone has a
+    task-batched forward (larger kernels, memory of one chunk), else ``vmap``.
 
     On 2 CPU cores (Conv4, 5-way 1-shot, 15 queries per class, meta-batch 16; committed run
-    ``results/time-cpu-maml-vs-peers``) ``per_task`` took 1.60x / 1.39x ``batched``'s median time
-    at 1 / 5 inner steps, but ``batched`` peaks at 4.7x / 6.2x the memory (548 vs 116 MiB at 1
-    step), because it keeps every task's support graph until the outer backward pass. ``vmap``
-    was slower than ``batched`` at 5 steps in a microbenchmark.
+    ``results/time-cpu-maml-vs-peers``, which has the numbers) ``per_task`` has the lowest peak
+    memory of all paths and, with the ``twice`` batch norm in the support pass, is within about
+    10% of the fastest memory-bounded path (``recompute``), and the fastest once the query pass
+    is compiled. ``batched`` is the fastest eager path but keeps every task's support graph
+    (3-5x the memory). The CUDA choice is not measured yet (no GPU was available).
     """
-    if backbone.tasks_forward is not None:
-        return "batched"
-    return "per_task" if device.type == "cpu" else "vmap"
+    if device.type == "cpu":
+        return "per_task"
+    return "recompute" if backbone.tasks_forward is not None else "vmap"
 
 
 def _grad(loss: torch.Tensor, inputs: list[torch.Tensor], create_graph: bool) -> tuple[torch.Tensor, ...]:
@@ -129,13 +138,14 @@ def adapt(
         x: support inputs ``[N*K, ...]``; y: support targets ``[N*K]`` or ``[N*K, 1]``.
         steps: inner steps (>= 0). inner_lr: alpha.
         create_graph: keep the graph of the inner gradients (second order). The support pass then
-            uses the tensor-op batch norm; without it, the fused one.
+            uses the twice-differentiable fused batch norm (``norm="twice"``); without it, the
+            native one.
 
     Returns:
         theta' (a new dict; ``params`` is not modified).
     """
     names = list(params)
-    norm = "tensor_ops" if create_graph else "native"
+    norm = "twice" if create_graph else "native"
     for _ in range(steps):
         loss = backbone.loss(backbone.forward(params, x, norm), y)
         grads = _grad(loss, [params[n] for n in names], create_graph)
@@ -173,8 +183,9 @@ def adapt_tasks(
     if path == "batched":
         if backbone.tasks_forward is None:
             raise ValueError(f"backbone {backbone.name} has no task-batched forward: use path per_task or vmap")
+        norm = "twice" if create_graph else "native"
         for _ in range(steps):
-            out = backbone.tasks_forward(fast, xs)
+            out = backbone.tasks_forward(fast, xs, norm)
             # T x the mean over all examples = the sum over tasks of each task's mean loss (tasks
             # have equal sizes), so task t's parameters get exactly the gradient of its own loss.
             loss = backbone.loss(out.flatten(0, 1), ys.flatten(0, 1)) * tasks
@@ -194,6 +205,50 @@ def adapt_tasks(
     return fast
 
 
+def _query_gradients(
+    backbone: Backbone,
+    fast: Params,
+    query_x: torch.Tensor,
+    query_y: torch.Tensor,
+    query_forward: Callable[[Params, torch.Tensor], torch.Tensor],
+    scale: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """The query pass of each task on detached adapted parameters, one task at a time.
+
+    Returns ``(grads, losses, outputs)``: name-ordered ``[T, *shape]`` gradients of
+    ``scale * L_query_t`` with respect to theta'_t, and each task's detached loss and output.
+    """
+    names = list(fast)
+    per_name: list[list[torch.Tensor]] = [[] for _ in names]
+    losses, outputs = [], []
+    for t in range(query_x.shape[0]):
+        task_params = {n: fast[n][t].detach().requires_grad_(True) for n in names}
+        out = query_forward(task_params, query_x[t])
+        loss = backbone.loss(out, query_y[t])
+        for acc, g in zip(per_name, _grad(loss * scale, list(task_params.values()), False)):
+            acc.append(g)
+        losses.append(loss.detach())
+        outputs.append(out.detach())
+    return [torch.stack(g) for g in per_name], losses, outputs
+
+
+def default_chunk(backbone: Backbone, support_x: torch.Tensor, query_x: torch.Tensor, steps: int) -> int:
+    """Tasks per chunk of the ``recompute`` path: as many as keep one chunk's second-order
+    support graph about the size of one task's query graph, at least 1.
+
+    One support image kept for one inner step costs about as much memory as
+    ``SUPPORT_IMAGE_STEP_COST`` query images: measured on Conv4, 28 x 28, 5-way 1-shot, 15
+    queries per class, 2-core CPU, one inner step, peak resident-set growth: about 100 MiB for
+    the query phase and 22 MiB per task of the support phase (5 images), i.e. 1.3 vs 4.4 MiB
+    per image. So 4 tasks per chunk at 1 step, 1 at 5 steps.
+    """
+    support, query = support_x.shape[1], query_x.shape[1]
+    return max(1, int(query / (SUPPORT_IMAGE_STEP_COST * support * max(steps, 1))))
+
+
+SUPPORT_IMAGE_STEP_COST = 3.3
+
+
 def meta_gradient(
     backbone: Backbone,
     params: Params,
@@ -206,6 +261,7 @@ def meta_gradient(
     first_order: bool = False,
     path: str = "per_task",
     query_forward: Callable[[Params, torch.Tensor], torch.Tensor] | None = None,
+    chunk: int | None = None,
 ) -> MetaGradient:
     """The MAML meta-gradient of a meta-batch (Finn et al. 2017, Alg. 2, lines 5-10).
 
@@ -216,29 +272,33 @@ def meta_gradient(
         query_x: ``[T, N*Q, ...]``; query_y: ``[T, N*Q, ...]``.
         steps: inner gradient steps (>= 0). inner_lr: alpha (> 0).
         first_order: drop the second derivatives (first-order MAML).
-        path: ``"per_task"``, ``"batched"`` or ``"vmap"`` (see the module docstring); all give
-            the same meta-gradient up to floating-point rounding.
+        path: one of :data:`PATHS` (see the module docstring); all give the same meta-gradient
+            up to floating-point rounding.
         query_forward: ``f(params, x) -> outputs`` for the query pass, differentiated once;
             default: the backbone's forward with the fused batch norm. Pass a
             ``torch.compile``-d one (:func:`compiled_query_forward`) to fuse it.
+        chunk: tasks per chunk of the ``recompute`` path (default :func:`default_chunk`);
+            ignored by the other paths.
 
     Returns:
         A :class:`MetaGradient`: the gradient of ``mean_i L_query_i`` for every parameter, the
         per-task query losses and outputs. ``params``' ``.grad`` fields are not touched.
 
     Raises:
-        ValueError: for an unknown ``path``, or ``batched`` on a backbone without
-            ``tasks_forward``.
+        ValueError: for an unknown ``path``, ``batched`` or ``recompute`` on a backbone without
+            ``tasks_forward``, or ``chunk < 1``.
     """
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}: use one of {', '.join(PATHS)}")
+    if path in ("batched", "recompute") and backbone.tasks_forward is None:
+        raise ValueError(f"backbone {backbone.name} has no task-batched forward: use path per_task or vmap")
     names = list(params)
     leaves = [params[n] for n in names]
     tasks = support_x.shape[0]
     qf = query_forward or partial(backbone.forward, norm="native")
-    total = [torch.zeros_like(p) for p in leaves]
-    losses, outputs = [], []
     if path == "per_task":
+        total = [torch.zeros_like(p) for p in leaves]
+        losses, outputs = [], []
         for t in range(tasks):
             fast = adapt(backbone, params, support_x[t], support_y[t], steps, inner_lr, not first_order)
             out = qf(fast, query_x[t])
@@ -248,19 +308,62 @@ def meta_gradient(
             losses.append(loss.detach())
             outputs.append(out.detach())
         return MetaGradient(dict(zip(names, total)), torch.stack(losses), outputs)
+    if path == "recompute":
+        return _recompute(backbone, params, support_x, support_y, query_x, query_y, steps, inner_lr, first_order, qf, chunk)
 
     fast = adapt_tasks(backbone, params, support_x, support_y, steps, inner_lr, not first_order, path)
-    fast_grads: list[list[torch.Tensor]] = [[] for _ in names]
-    for t in range(tasks):
-        task_params = {n: fast[n][t].detach().requires_grad_(True) for n in names}
-        out = qf(task_params, query_x[t])
-        loss = backbone.loss(out, query_y[t])
-        for acc, g in zip(fast_grads, _grad(loss / tasks, list(task_params.values()), False)):
-            acc.append(g)
-        losses.append(loss.detach())
-        outputs.append(out.detach())
-    stacked = [torch.stack(g) for g in fast_grads]
-    grads = torch.autograd.grad([fast[n] for n in names], leaves, stacked, allow_unused=True, materialize_grads=True)
+    fast_grads, losses, outputs = _query_gradients(backbone, fast, query_x, query_y, qf, 1.0 / tasks)
+    grads = torch.autograd.grad([fast[n] for n in names], leaves, fast_grads, allow_unused=True, materialize_grads=True)
+    return MetaGradient(dict(zip(names, grads)), torch.stack(losses), outputs)
+
+
+def _recompute(
+    backbone: Backbone,
+    params: Params,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    query_y: torch.Tensor,
+    steps: int,
+    inner_lr: float,
+    first_order: bool,
+    query_forward: Callable[[Params, torch.Tensor], torch.Tensor],
+    chunk: int | None,
+) -> MetaGradient:
+    """The ``recompute`` path: the chain rule split at theta', with the inner loop run twice.
+
+    1. theta'_t for chunks of tasks, without a second-order graph (fused batch norm);
+    2. the query pass of each task at theta'_t, keeping only ``dL/dtheta'_t``;
+    3. (second order) the inner loop again, chunk by chunk, with its second-order graph, and
+       ``dL/dtheta'`` pushed back through it (a vector-Jacobian product).
+
+    Peak memory is the larger of one query graph and one chunk's support graph, instead of
+    their sum (``per_task``) or all support graphs (``batched``); the price is the first-order
+    inner loop of step 1 (Chen et al. 2016 trade compute for memory the same way).
+    """
+    names = list(params)
+    leaves = [params[n] for n in names]
+    tasks = support_x.shape[0]
+    size = chunk if chunk is not None else default_chunk(backbone, support_x, query_x, steps)
+    if size < 1:
+        raise ValueError(f"chunk must be >= 1 task, got {size}")
+    spans = [slice(c, min(c + size, tasks)) for c in range(0, tasks, size)]
+    detached = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    adapted = [adapt_tasks(backbone, detached, support_x[s], support_y[s], steps, inner_lr, False) for s in spans]
+    fast = {n: torch.cat([a[n].detach() for a in adapted]) for n in names}
+    del adapted
+    fast_grads, losses, outputs = _query_gradients(backbone, fast, query_x, query_y, query_forward, 1.0 / tasks)
+    if first_order or steps == 0:
+        # d theta'/d theta is the identity: the meta-gradient is the sum of the query gradients.
+        grads = [g.sum(0) for g in fast_grads]
+    else:
+        grads = [torch.zeros_like(p) for p in leaves]
+        for s in spans:
+            again = adapt_tasks(backbone, params, support_x[s], support_y[s], steps, inner_lr, True)
+            for acc, g in zip(grads, torch.autograd.grad(
+                [again[n] for n in names], leaves, [g[s] for g in fast_grads], allow_unused=True, materialize_grads=True
+            )):
+                acc += g
     return MetaGradient(dict(zip(names, grads)), torch.stack(losses), outputs)
 
 

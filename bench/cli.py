@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--meta-batch", default="16", help="comma-separated meta-batch sizes, e.g. 1,4,16,32 (default 16)")
     t.add_argument("--inner-steps", default="1", help="comma-separated inner-step counts, e.g. 1,2,5,10 (default 1)")
     t.add_argument("--inner-lr", type=float, default=0.4, help="MAML's inner learning rate alpha (default 0.4)")
-    t.add_argument("--paths", default="auto", help="comma-separated MAML core paths: auto, per_task, batched, vmap (default auto)")
+    t.add_argument("--paths", default="auto", help="comma-separated MAML core paths: auto, per_task, batched, recompute, vmap (default auto)")
+    t.add_argument("--compile-query", default="off", help="comma-separated off, on: MAML's query pass under torch.compile (default off)")
     t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     t.add_argument("--reps", type=int, default=20, help="timed repetitions per combination (default 20)")
     t.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
@@ -113,6 +114,14 @@ def _ints(text: str, flag: str) -> list[int]:
         raise ConfigError(f"{flag} takes comma-separated integers, got {text!r}") from None
 
 
+def _switches(text: str, flag: str) -> list[bool]:
+    values = {"off": False, "on": True}
+    try:
+        return [values[v.strip()] for v in text.split(",") if v.strip()]
+    except KeyError:
+        raise ConfigError(f"{flag} takes comma-separated off/on, got {text!r}") from None
+
+
 def _time(args: argparse.Namespace) -> None:
     """The ``time`` command: measure, write the directory atomically, print the table."""
     from datetime import datetime
@@ -129,7 +138,7 @@ def _time(args: argparse.Namespace) -> None:
         [v.strip() for v in args.shapes.split(",") if v.strip()],
         _ints(args.meta_batch, "--meta-batch"), _ints(args.inner_steps, "--inner-steps"),
         args.queries, args.inner_lr, device.type, args.reps, args.warmup,
-        [v.strip() for v in args.paths.split(",") if v.strip()],
+        [v.strip() for v in args.paths.split(",") if v.strip()], _switches(args.compile_query, "--compile-query"),
     )
     out = Path(args.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-time-{device.type}")
     check_writable(out)

@@ -9,14 +9,18 @@ that cells cannot share allocator state, compiled kernels or imported peer libra
    ink; the same tensors for every implementation);
 2. runs ``warmup`` untimed steps, then ``reps`` timed steps: wall clock on CPU; on CUDA, CUDA
    events around each step after a synchronisation;
-3. measures the peak memory of one more step: on CUDA, ``torch.cuda.max_memory_allocated`` minus
-   the allocation before the step; on CPU (Linux), the growth of the resident set: glibc's mmap
-   threshold is fixed at 64 KiB (so freed tensors go back to the OS instead of staying in the
-   heap), the peak is reset through ``/proc/self/clear_refs`` and read as ``VmHWM``;
+3. measures the peak memory of three more steps and reports the median: on CUDA,
+   ``torch.cuda.max_memory_allocated`` minus the allocation before the step; on CPU (Linux), the
+   growth of the resident set: glibc's mmap threshold is fixed at 64 KiB (so freed tensors go
+   back to the OS instead of staying in the heap) and the worker runs with one malloc arena
+   (``MALLOC_ARENA_MAX=1``; several arenas made repeated measurements vary by up to 40%), the
+   peak is reset through ``/proc/self/clear_refs`` and read as ``VmHWM``;
 4. counts the step's floating-point operations with ``torch.utils.flop_counter.FlopCounterMode``
    (convolutions and matrix products, forward and all backward passes);
-5. for a peer, computes its meta-gradient and ours on identical weights and episodes, in float32
-   and in float64, and reports the relative difference ``||g_peer - g_ours|| / ||g_ours||``.
+5. for second-order MAML, checks the meta-gradient (:func:`gradient_check`): a peer's against ours
+   on identical weights and episodes, in float32 and in float64 (the relative difference
+   ``||g_peer - g_ours|| / ||g_ours||``), and every implementation's float32 meta-gradient against
+   ours in float64, which is the float32 rounding error that bounds any float32 comparison.
 
 The parent measures a float32 matrix-multiply rate (2048 x 2048, median of 10) on the same device in
 the same run, reports the median and interquartile range of each cell's step time, and the
@@ -66,9 +70,10 @@ class Cell:
         device: ``cpu`` or ``cuda``.
         reps: timed repetitions (>= 20 for a report). warmup: untimed steps before them.
         seed: seeds the weights and the episodes.
-        check_gradient: for peers, also compare meta-gradients with ours.
-        path: our MAML core's path (``auto``, ``per_task``, ``batched``, ``vmap``); ignored
-            by the other learners and by peers.
+        check_gradient: for second-order MAML, also check the meta-gradient (:func:`gradient_check`).
+        path: our MAML core's path (``auto`` or one of ``maml_core.PATHS``); ignored by the
+            other learners and by peers.
+        compile_query: our MAML's query pass under ``torch.compile`` (compiled during warm-up).
     """
 
     implementation: str
@@ -85,12 +90,16 @@ class Cell:
     seed: int = 0
     check_gradient: bool = True
     path: str = "auto"
+    compile_query: bool = False
 
     @property
     def label(self) -> str:
-        """The implementation as shown in tables: ``metabench`` or ``metabench[path]``."""
-        if self.implementation == "metabench" and self.learner in ("maml", "fomaml") and self.path != "auto":
-            return f"metabench[{self.path}]"
+        """The implementation as shown in tables: ``metabench``, or ``metabench[path,compiled]``
+        for a MAML core path other than the default or a compiled query pass."""
+        if self.implementation == "metabench" and self.learner in ("maml", "fomaml"):
+            tags = ([self.path] if self.path != "auto" else []) + (["compiled"] if self.compile_query else [])
+            if tags:
+                return f"metabench[{','.join(tags)}]"
         return self.implementation
 
 
@@ -114,7 +123,8 @@ def synthetic_episodes(cell: Cell, dtype: torch.dtype = torch.float32) -> list:
 def _overrides(cell: Cell) -> dict[str, Any]:
     o: dict[str, Any] = {"meta_batch": cell.meta_batch}
     if cell.learner in ("maml", "fomaml"):
-        o.update(train_inner_steps=cell.inner_steps, inner_lr=cell.inner_lr, train_queries=cell.queries, path=cell.path)
+        o.update(train_inner_steps=cell.inner_steps, inner_lr=cell.inner_lr, train_queries=cell.queries, path=cell.path,
+                 compile_query=cell.compile_query)
     elif cell.learner == "reptile":
         o.update(train_inner_steps=cell.inner_steps)
     return o
@@ -143,28 +153,58 @@ def build_step(cell: Cell) -> Callable[[], None]:
     return lambda: step(episodes)
 
 
-def gradient_difference(cell: Cell, dtype: torch.dtype) -> float:
-    """Relative L2 difference between the peer's meta-gradient and ours (core, ``per_task`` and
-    the learner's default path, the larger) on identical weights and episodes, in ``dtype``."""
+def _meta_gradients(cell: Cell, dtype: torch.dtype, paths: Sequence[str]) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """The cell's meta-gradient in ``dtype`` on weights and episodes from ``cell.seed``: the
+    peer's (``None`` for ``metabench``) and ours for each of ``paths``, flattened in
+    :data:`~metabench.peers.CONV4_NAMES` order."""
     from metabench import peers
     from metabench.algorithms.backbones import Conv4
-    from metabench.algorithms.maml_core import CONV4, choose_path, meta_gradient
+    from metabench.algorithms.maml_core import CONV4, meta_gradient
 
     torch.manual_seed(cell.seed)
-    ours = Conv4(1, 28, n_outputs=cell.ways).to(cell.device, dtype)
-    params = dict(ours.named_parameters())
+    params = dict(Conv4(1, 28, n_outputs=cell.ways).to(cell.device, dtype).named_parameters())
     episodes = synthetic_episodes(cell, dtype)
     stack = [torch.stack([getattr(e, a) for e in episodes]) for a in ("support_x", "support_y", "query_x", "query_y")]
-    model = peers.standard_conv4(params, cell.ways)
-    model.zero_grad(set_to_none=True)
-    peers.meta_gradient_step(cell.implementation, model, episodes, cell.inner_steps, cell.inner_lr, False)
-    g_peer = torch.cat([p.grad.flatten() for p in model.parameters()])
-    worst = 0.0
-    for path in {"per_task", choose_path(CONV4, torch.device(cell.device))}:
+    g_peer = None
+    if cell.implementation != "metabench":
+        model = peers.standard_conv4(params, cell.ways)
+        model.zero_grad(set_to_none=True)
+        peers.meta_gradient_step(cell.implementation, model, episodes, cell.inner_steps, cell.inner_lr, False)
+        g_peer = torch.cat([p.grad.flatten() for p in model.parameters()])
+    ours = []
+    for path in paths:
         g = meta_gradient(CONV4, params, *stack, cell.inner_steps, cell.inner_lr, False, path).grads
-        g_ours = torch.cat([g[n].flatten() for n in peers.CONV4_NAMES])
-        worst = max(worst, ((g_peer - g_ours).norm() / g_ours.norm()).item())
-    return worst
+        ours.append(torch.cat([g[n].flatten() for n in peers.CONV4_NAMES]))
+    return g_peer, ours
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def gradient_check(cell: Cell) -> dict[str, float]:
+    """How exact the cell's second-order MAML meta-gradient is (relative L2 differences).
+
+    Returns:
+        ``grad_rel_err_float32``: this implementation's float32 meta-gradient against ours in
+        float64 (``per_task`` path): its float32 rounding error. For a peer also
+        ``grad_rel_diff_float64`` (peer against ours, both in float64: ~1e-12 means the same
+        computation) and ``grad_rel_diff_float32`` (both in float32; the larger over our
+        ``per_task`` and default paths). Identical weights and episodes throughout.
+    """
+    from metabench.algorithms.maml_core import CONV4, choose_path
+
+    default = choose_path(CONV4, torch.device(cell.device)) if cell.path == "auto" else cell.path
+    paths = list(dict.fromkeys(["per_task", default]))
+    peer64, (ours64, *_) = _meta_gradients(cell, torch.float64, ["per_task"])
+    peer32, ours32 = _meta_gradients(cell, torch.float32, paths)
+    if peer32 is None:
+        return {"grad_rel_err_float32": _rel(ours32[-1], ours64)}
+    return {
+        "grad_rel_err_float32": _rel(peer32, ours64),
+        "grad_rel_diff_float32": max(_rel(peer32, g) for g in ours32),
+        "grad_rel_diff_float64": _rel(peer64, ours64),
+    }
 
 
 def _status_kib(field: str) -> int:
@@ -233,16 +273,19 @@ def time_step(step: Callable[[], None], device: str, reps: int, warmup: int) -> 
     return times
 
 
+def _median_or_none(values: list[int | None]) -> int | None:
+    return None if None in values else int(statistics.median(values))
+
+
 def run_cell(cell: Cell) -> dict[str, Any]:
     """Measure one cell in this process (what the worker does); see the module docstring."""
     step = build_step(cell)
     times = time_step(step, cell.device, cell.reps, cell.warmup)
-    memory = peak_memory(step, cell.device)
+    memory = _median_or_none([peak_memory(step, cell.device) for _ in range(3)])
     flops = count_flops(step)
     out: dict[str, Any] = {"times_s": times, "peak_memory_bytes": memory, "flops": flops}
-    if cell.implementation != "metabench" and cell.check_gradient:
-        out["grad_rel_diff_float32"] = gradient_difference(cell, torch.float32)
-        out["grad_rel_diff_float64"] = gradient_difference(cell, torch.float64)
+    if cell.check_gradient and cell.learner == "maml":
+        out.update(gradient_check(cell))
     return out
 
 
@@ -257,10 +300,11 @@ def matmul_flops_per_s(device: str, n: int = 2048, reps: int = 10) -> float:
 def cells_for(
     implementations: Sequence[str], learners: Sequence[str], shapes: Sequence[str], meta_batches: Sequence[int],
     inner_steps: Sequence[int], queries: int, inner_lr: float, device: str, reps: int, warmup: int,
-    paths: Sequence[str] = ("auto",),
+    paths: Sequence[str] = ("auto",), compile_query: Sequence[bool] = (False,),
 ) -> list[Cell]:
     """The cross product of the given lists; learners without an inner loop get one inner-steps
-    value (the first), peers only MAML, and ``paths`` apply to our MAML and first-order MAML.
+    value (the first), peers only MAML, and ``paths`` and ``compile_query`` apply to our MAML
+    and first-order MAML.
 
     Raises:
         ConfigError: for an unknown implementation, learner or shape, or ``reps`` < 1.
@@ -290,8 +334,11 @@ def cells_for(
                 ways, shots = SHAPES[shape]
                 for mb in meta_batches:
                     for steps in (inner_steps if name in INNER_LOOP else inner_steps[:1]):
-                        for path in (paths if impl == "metabench" and name in ("maml", "fomaml") else ("auto",)):
-                            cells.append(Cell(impl, name, ways, shots, queries, mb, steps, inner_lr, device, reps, warmup, path=path))
+                        ours = impl == "metabench" and name in ("maml", "fomaml")
+                        for path in (paths if ours else ("auto",)):
+                            for compiled in (compile_query if ours else (False,)):
+                                cells.append(Cell(impl, name, ways, shots, queries, mb, steps, inner_lr, device, reps,
+                                                  warmup, path=path, compile_query=compiled))
     return cells
 
 
@@ -306,6 +353,7 @@ def summarize(cell: Cell, result: dict[str, Any], matmul_rate: float) -> dict[st
         median_ms=med, iqr_ms=q3 - q1, peak_memory_mib=None if mem is None else mem / 2**20,
         gflop_per_step=result["flops"] / 1e9, achieved_gflop_s=result["flops"] / (med / 1e3) / 1e9,
         pct_of_matmul=100 * result["flops"] / (med / 1e3) / matmul_rate,
+        grad_rel_err_float32=result.get("grad_rel_err_float32"),
         grad_rel_diff_float32=result.get("grad_rel_diff_float32"),
         grad_rel_diff_float64=result.get("grad_rel_diff_float64"),
     )
@@ -317,7 +365,7 @@ def add_ratios(table: pd.DataFrame) -> pd.DataFrame:
     memory divided by those of the ``metabench`` row with the same learner and setting."""
     keys = ["learner", "ways", "shots", "queries", "meta_batch", "inner_steps", "device"]
     ours = table[table.label == "metabench"].set_index(keys)[["median_ms", "peak_memory_mib"]]
-    joined = table.join(ours, on=keys, rsuffix="_ours")
+    joined = table.merge(ours, left_on=keys, right_index=True, how="left", suffixes=("", "_ours"))
     table = table.copy()
     table["time_vs_metabench"] = joined.median_ms / joined.median_ms_ours
     table["memory_vs_metabench"] = joined.peak_memory_mib / joined.peak_memory_mib_ours
@@ -331,11 +379,13 @@ def markdown(table: pd.DataFrame, matmul_rate: float, device_name: str) -> str:
         f"{matmul_rate / 1e9:.1f} GFLOP/s. Step time: median and interquartile range over the "
         "repetitions; memory: peak above the step's start (CUDA allocator, or resident-set growth on CPU); "
         "ratios divide by the metabench row (default path) of the same setting; grad diff: relative L2 "
-        "difference of the peer's meta-gradient from ours on identical weights and episodes."),
+        "difference of the peer's meta-gradient from ours on identical weights and episodes, in float32 and in "
+        "float64; f32 error: the row's float32 meta-gradient against ours in float64 (the rounding error "
+        "that any float32 implementation has, and the scale of the f32 diff)."),
         "",
         ("| implementation | learner | N-way K-shot | Q | meta-batch | inner steps | median (ms) | IQR (ms) "
-        "| time / ours | peak memory (MiB) | memory / ours | GFLOP / step | % of matmul | grad diff f32 | grad diff f64 |"),
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| time / ours | peak memory (MiB) | memory / ours | GFLOP / step | % of matmul | f32 error | grad diff f32 | grad diff f64 |"),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def fmt(v: Any, spec: str) -> str:
@@ -347,7 +397,8 @@ def markdown(table: pd.DataFrame, matmul_rate: float, device_name: str) -> str:
             f"| {r.label} | {r.learner} | {r.ways}-way {r.shots}-shot | {r.queries} | {r.meta_batch} | {steps} "
             f"| {r.median_ms:.1f} | {r.iqr_ms:.1f} | {fmt(r.time_vs_metabench, '.2f')} | {fmt(r.peak_memory_mib, '.1f')} "
             f"| {fmt(r.memory_vs_metabench, '.2f')} | {r.gflop_per_step:.2f} | {r.pct_of_matmul:.1f} "
-            f"| {fmt(r.grad_rel_diff_float32, '.1e')} | {fmt(r.grad_rel_diff_float64, '.1e')} |"
+            f"| {fmt(r.grad_rel_err_float32, '.1e')} | {fmt(r.grad_rel_diff_float32, '.1e')} "
+            f"| {fmt(r.grad_rel_diff_float64, '.1e')} |"
         )
     return "\n".join(lines)
 
@@ -362,7 +413,7 @@ def run_in_worker(cell: Cell, timeout: float | None = None) -> dict[str, Any]:
 
     proc = subprocess.run(
         [sys.executable, "-m", "metabench.timing", json.dumps(asdict(cell))],
-        check=False, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        check=False, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore", "MALLOC_ARENA_MAX": "1"},
     )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]

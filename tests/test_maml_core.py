@@ -105,8 +105,26 @@ def test_paths_agree_in_float64_and_float32(problem: str, steps: int, first_orde
             assert torch.allclose(got.losses, ref.losses, rtol=100 * tol, atol=0), (path, dtype)
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+@pytest.mark.parametrize("steps", [0, 1, 5])
+def test_recompute_chunks_agree(steps: int, chunk: int) -> None:
+    """The recompute path gives the per-task meta-gradient (float64, <= 1e-10) for every chunk
+    size, including one that does not divide the meta-batch (2 of 3 tasks) and 0 inner steps."""
+    backbone, params, batch, lr = conv4_problem(torch.float64)
+    ref = meta_gradient(backbone, params, *batch, steps, lr, False, "per_task")
+    got = meta_gradient(backbone, params, *batch, steps, lr, False, "recompute", chunk=chunk)
+    assert rel_diff(flat(got.grads), flat(ref.grads)) <= 1e-10
+    assert torch.equal(got.losses, ref.losses) or torch.allclose(got.losses, ref.losses, rtol=1e-12, atol=0)
+
+
+def test_recompute_rejects_empty_chunks() -> None:
+    backbone, params, batch, lr = conv4_problem(torch.float64)
+    with pytest.raises(ValueError, match="chunk must be >= 1 task, got 0"):
+        meta_gradient(backbone, params, *batch, 1, lr, False, "recompute", chunk=0)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", ["per_task", "batched"])
+@pytest.mark.parametrize("path", ["per_task", "batched", "recompute"])
 def test_compiled_query_pass_agrees(path: str) -> None:
     """The query pass under torch.compile gives the eager meta-gradient (float64 <= 1e-10,
     float32 <= 1e-5, relative L2), for 1 and 5 inner steps."""
@@ -137,7 +155,7 @@ def test_first_order_is_query_gradient_at_adapted_parameters(path: str) -> None:
 
 def test_unknown_path_is_rejected() -> None:
     backbone, params, batch, lr = sinusoid_problem(torch.float64)
-    with pytest.raises(ValueError, match="unknown path 'fast': use one of per_task, batched, vmap"):
+    with pytest.raises(ValueError, match="unknown path 'fast': use one of per_task, batched, recompute, vmap"):
         meta_gradient(backbone, params, *batch, 1, lr, False, "fast")
 
 
