@@ -24,7 +24,7 @@ def _stacked(steps: int) -> tuple:
 
 
 @pytest.mark.parametrize("steps", [1, 5])
-@pytest.mark.parametrize("path", ["per_task", "batched"])
+@pytest.mark.parametrize("path", ["per_task", "batched", "recompute"])
 def test_maml_meta_gradient(benchmark, path: str, steps: int) -> None:
     """The second-order MAML meta-gradient of a meta-batch of 4 (core only, no optimizer)."""
     torch.manual_seed(0)
