@@ -56,6 +56,13 @@ def _plain_log_axis(axis, values: Sequence[float] | np.ndarray) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _legend_columns(labels: Sequence[str], most: int = 3, width: int = 96) -> int:
+    """Legend columns for a figure-wide legend: at most ``most``, and few enough that the
+    longest label fits about ``width`` characters per row (so no column is clipped)."""
+    longest = max((len(label) for label in labels), default=1) + 6  # marker and spacing
+    return max(1, min(len(labels), most, width // longest))
+
+
 def _learner_colours(frame: pd.DataFrame) -> dict:
     return style.palette(_order(frame["learner"]))
 
@@ -171,7 +178,7 @@ def curves_figure(curves: pd.DataFrame, band: str) -> Figure:
     handles, labels = axes[0].get_legend_handles_labels()
     handles.append(Line2D([], [], color="0.5", linewidth=6, alpha=0.3))
     labels.append(band)
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3))
+    fig.legend(handles, labels, loc="outside lower center", ncols=_legend_columns(labels))
     return fig
 
 
@@ -210,7 +217,7 @@ def pareto_figure(points: pd.DataFrame) -> Figure:
     handles, labels = axes[0].get_legend_handles_labels()
     handles.append(Line2D([], [], linestyle="--", color="0.35", marker="o", mfc="white", mec="black", mew=1.4))
     labels.append("Pareto front")
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3))
+    fig.legend(handles, labels, loc="outside lower center", ncols=_legend_columns(labels))
     return fig
 
 
@@ -294,7 +301,7 @@ def scaling_figure(table: pd.DataFrame, x: str, y: str, ylabel: str, facets: Seq
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3))
+    fig.legend(handles, labels, loc="outside lower center", ncols=_legend_columns(labels))
     return fig
 
 
