@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     t.add_argument("--reps", type=int, default=20, help="timed repetitions per combination (default 20)")
     t.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    t.add_argument("--rounds", type=int, default=1,
+                   help="split each cell's repetitions over this many fresh workers, taken round-robin over the cells, "
+                        "so that drift of the machine's speed reaches all cells alike (default 1)")
     t.add_argument("--out", help="directory to create (default runs/<time>-time-<device>)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -142,7 +145,8 @@ def _time(args: argparse.Namespace) -> None:
     )
     out = Path(args.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-time-{device.type}")
     check_writable(out)
-    table, rate = timing.measure(cells, progress=not args.quiet)
+    timing.split_reps(args.reps, args.rounds)  # validates --rounds before anything runs
+    table, rate = timing.measure(cells, progress=not args.quiet, rounds=args.rounds)
     env = environment(device)
     write_atomically(out, lambda folder: timing.write_outputs(folder, table, rate, env))
     print((out / "timing.md").read_text())

@@ -22,6 +22,10 @@ that cells cannot share allocator state, compiled kernels or imported peer libra
    ``||g_peer - g_ours|| / ||g_ours||``), and every implementation's float32 meta-gradient against
    ours in float64, which is the float32 rounding error that bounds any float32 comparison.
 
+With ``--rounds R`` each cell's repetitions are split over R workers, taken round-robin over the
+cells, and pooled (:func:`measure`), so that a slow drift of the machine's speed does not land on
+some cells only.
+
 The parent measures a float32 matrix-multiply rate (2048 x 2048, median of 10) on the same device in
 the same run, reports the median and interquartile range of each cell's step time, and the
 achieved FLOP/s as a fraction of that rate. Outputs (``timing.json``, ``timing.csv``,
@@ -39,7 +43,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -277,10 +281,13 @@ def _median_or_none(values: list[int | None]) -> int | None:
     return None if None in values else int(statistics.median(values))
 
 
-def run_cell(cell: Cell) -> dict[str, Any]:
-    """Measure one cell in this process (what the worker does); see the module docstring."""
+def run_cell(cell: Cell, times_only: bool = False) -> dict[str, Any]:
+    """Measure one cell in this process (what the worker does); see the module docstring.
+    ``times_only``: only the step times (the later rounds of :func:`measure`)."""
     step = build_step(cell)
     times = time_step(step, cell.device, cell.reps, cell.warmup)
+    if times_only:
+        return {"times_s": times}
     memory = _median_or_none([peak_memory(step, cell.device) for _ in range(3)])
     flops = count_flops(step)
     out: dict[str, Any] = {"times_s": times, "peak_memory_bytes": memory, "flops": flops}
@@ -372,12 +379,17 @@ def add_ratios(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _rounds_text(table: pd.DataFrame) -> str:
+    rounds = int(table["rounds"].max()) if "rounds" in table else 1
+    return f", taken in {rounds} interleaved rounds of fresh workers (cells round-robin)" if rounds > 1 else ""
+
+
 def markdown(table: pd.DataFrame, matmul_rate: float, device_name: str) -> str:
     """The timing table in Markdown, with how it was measured."""
     lines = [
         (f"Device: {device_name}. Matrix-multiply rate (float32 2048x2048, median of 10): "
         f"{matmul_rate / 1e9:.1f} GFLOP/s. Step time: median and interquartile range over the "
-        "repetitions; memory: peak above the step's start (CUDA allocator, or resident-set growth on CPU); "
+        f"repetitions{_rounds_text(table)}; memory: peak above the step's start (CUDA allocator, or resident-set growth on CPU); "
         "ratios divide by the metabench row (default path) of the same setting; grad diff: relative L2 "
         "difference of the peer's meta-gradient from ours on identical weights and episodes, in float32 and in "
         "float64; f32 error: the row's float32 meta-gradient against ours in float64 (the rounding error "
@@ -403,8 +415,9 @@ def markdown(table: pd.DataFrame, matmul_rate: float, device_name: str) -> str:
     return "\n".join(lines)
 
 
-def run_in_worker(cell: Cell, timeout: float | None = None) -> dict[str, Any]:
-    """Measure ``cell`` in a fresh Python process (``python -m metabench.timing``).
+def run_in_worker(cell: Cell, timeout: float | None = None, times_only: bool = False) -> dict[str, Any]:
+    """Measure ``cell`` in a fresh Python process (``python -m metabench.timing``); see
+    :func:`run_cell` for ``times_only``.
 
     Raises:
         MetabenchError: with the worker's last error line if it fails.
@@ -412,7 +425,7 @@ def run_in_worker(cell: Cell, timeout: float | None = None) -> dict[str, Any]:
     from metabench.errors import MetabenchError
 
     proc = subprocess.run(
-        [sys.executable, "-m", "metabench.timing", json.dumps(asdict(cell))],
+        [sys.executable, "-m", "metabench.timing", json.dumps(asdict(cell)), *(["--times-only"] if times_only else [])],
         check=False, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore", "MALLOC_ARENA_MAX": "1"},
     )
     if proc.returncode != 0:
@@ -421,17 +434,44 @@ def run_in_worker(cell: Cell, timeout: float | None = None) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(cells: Sequence[Cell], progress: bool = True) -> tuple[pd.DataFrame, float]:
-    """Run every cell in a worker process, with a progress bar; returns the table (with ratios)
-    and the matrix-multiply rate (FLOP/s) measured in this process."""
+def split_reps(reps: int, rounds: int) -> list[int]:
+    """``reps`` repetitions spread over ``rounds`` rounds as evenly as possible (earlier rounds
+    take the remainder); rounds without a repetition are dropped.
+
+    Raises:
+        ConfigError: if ``rounds`` < 1.
+    """
+    if rounds < 1:
+        raise ConfigError(f"--rounds must be >= 1, got {rounds}")
+    return [n for n in (reps // rounds + (r < reps % rounds) for r in range(rounds)) if n > 0]
+
+
+def measure(cells: Sequence[Cell], progress: bool = True, rounds: int = 1) -> tuple[pd.DataFrame, float]:
+    """Run every cell in worker processes, with a progress bar; returns the table (with ratios)
+    and the matrix-multiply rate (FLOP/s) measured in this process.
+
+    With ``rounds`` > 1 each cell's repetitions are split over that many fresh workers, taken
+    round-robin over the cells (cell 1, 2, ..., n, then 1, 2, ... again), and pooled. A slow drift
+    of the machine's speed then reaches every cell alike instead of whichever cells ran during it
+    (measured on the 2-core VM: the same cell 1180 vs 1537 ms twenty minutes apart). Memory,
+    FLOPs and the gradient check come from the first round.
+    """
     from tqdm import tqdm
 
     rate = matmul_flops_per_s(cells[0].device)
-    rows = []
-    bar = tqdm(cells, desc="metabench time", unit="cell", disable=not progress)
-    for cell in bar:
-        bar.set_postfix_str(f"{cell.label} {cell.learner} {cell.ways}w{cell.shots}s B={cell.meta_batch} S={cell.inner_steps}")
-        rows.append(summarize(cell, run_in_worker(cell), rate))
+    plan = [(r, i, n) for r, n in enumerate(split_reps(cells[0].reps, rounds)) for i in range(len(cells))]
+    results: list[dict[str, Any]] = [{} for _ in cells]
+    bar = tqdm(plan, desc="metabench time", unit="cell", disable=not progress)
+    for r, i, n in bar:
+        cell = cells[i]
+        bar.set_postfix_str(f"round {r + 1} {cell.label} {cell.learner} {cell.ways}w{cell.shots}s "
+                            f"B={cell.meta_batch} S={cell.inner_steps}")
+        got = run_in_worker(replace(cell, reps=n), times_only=r > 0)
+        if r == 0:
+            results[i] = got
+        else:
+            results[i]["times_s"] += got["times_s"]
+    rows = [{**summarize(cell, result, rate), "rounds": plan[-1][0] + 1} for cell, result in zip(cells, results)]
     return add_ratios(pd.DataFrame(rows)), rate
 
 
@@ -449,7 +489,7 @@ def _worker_main(argv: Sequence[str]) -> int:
     cell = Cell(**json.loads(argv[0]))
     if cell.device == "cpu":
         torch.set_num_threads(int(os.environ.get("METABENCH_THREADS", torch.get_num_threads())))
-    print(json.dumps(run_cell(cell)))
+    print(json.dumps(run_cell(cell, times_only="--times-only" in argv[1:])))
     return 0
 
 

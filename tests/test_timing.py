@@ -101,3 +101,43 @@ def test_learn2learn_computes_our_meta_gradient() -> None:
     check = timing.gradient_check(dataclasses.replace(timing.Cell(**TINY), implementation="learn2learn", inner_steps=2))
     assert check["grad_rel_diff_float64"] < 1e-10
     assert check["grad_rel_diff_float32"] < 1e-4
+
+
+def test_reps_are_split_over_rounds() -> None:
+    assert timing.split_reps(20, 4) == [5, 5, 5, 5]
+    assert timing.split_reps(21, 4) == [6, 5, 5, 5]
+    assert timing.split_reps(2, 4) == [1, 1]
+    with pytest.raises(ConfigError, match="--rounds must be >= 1, got 0"):
+        timing.split_reps(20, 0)
+
+
+def test_rounds_interleave_cells_and_pool_their_times(monkeypatch) -> None:
+    """Workers run round-robin over the cells; the times of all rounds are pooled; memory, FLOPs
+    and the gradient check come from the first round only."""
+    calls = []
+
+    def fake_worker(cell, timeout=None, times_only=False):
+        calls.append((cell.path, cell.reps, times_only))
+        t = [0.1 * len(calls)] * cell.reps
+        return {"times_s": t} if times_only else {"times_s": t, "peak_memory_bytes": 2**20, "flops": 1e9}
+
+    monkeypatch.setattr(timing, "run_in_worker", fake_worker)
+    monkeypatch.setattr(timing, "matmul_flops_per_s", lambda device: 1e11)
+    cells = [timing.Cell(**{**TINY, "reps": 5}), timing.Cell(**{**TINY, "reps": 5, "path": "per_task"})]
+    table, _ = timing.measure(cells, progress=False, rounds=3)
+    assert calls == [("auto", 2, False), ("per_task", 2, False), ("auto", 2, True), ("per_task", 2, True),
+                     ("auto", 1, True), ("per_task", 1, True)]
+    assert list(table.rounds) == [3, 3] and list(table.reps) == [5, 5]
+    # cell 1: calls 1, 3, 5 -> times 0.1 x2, 0.3 x2, 0.5 -> median 0.3 s
+    assert table.median_ms.iloc[0] == pytest.approx(300.0)
+    assert table.peak_memory_mib.iloc[1] == 1.0
+    assert "taken in 3 interleaved rounds" in timing.markdown(table, 1e11, "test CPU")
+
+
+def test_time_command_rounds(tmp_path) -> None:
+    """--rounds through the CLI: each cell's repetitions are pooled from both rounds."""
+    out = tmp_path / "t"
+    assert main(["time", "--learners", "protonet", "--meta-batch", "1", "--queries", "2", "--reps", "3",
+                 "--warmup", "0", "--rounds", "2", "--out", str(out), "--quiet"]) == 0
+    rows = json.loads((out / "timing.json").read_text())["rows"]
+    assert [(r["reps"], r["rounds"]) for r in rows] == [(3, 2)]
