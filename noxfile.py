@@ -110,5 +110,5 @@ def peers(session: nox.Session) -> None:
     session.install("--no-deps", "--no-build-isolation", "-c", "constraints.txt", "gym==0.26.2")
     session.run("python", "-c", "from metabench.peers import import_learn2learn, import_higher; "
                 "import_learn2learn(); import_higher(); print('peers importable')")
-    args = session.posargs or ["--inner-steps", "1,5", "--meta-batch", "16"]
+    args = session.posargs or ["--inner-steps", "1,5", "--meta-batch", "16", "--rounds", "3"]
     session.run("metabench", "time", "--implementations", "metabench,learn2learn,higher", "--learners", "maml", *args)
