@@ -232,7 +232,11 @@ def _query_gradients(
     return [torch.stack(g) for g in per_name], losses, outputs
 
 
-def default_chunk(backbone: Backbone, support_x: torch.Tensor, query_x: torch.Tensor, steps: int) -> int:
+# Memory of one support image kept for one inner step, in query images (default_chunk).
+SUPPORT_IMAGE_STEP_COST = 3.3
+
+
+def default_chunk(support_x: torch.Tensor, query_x: torch.Tensor, steps: int) -> int:
     """Tasks per chunk of the ``recompute`` path: as many as keep one chunk's second-order
     support graph about the size of one task's query graph, at least 1.
 
@@ -241,12 +245,15 @@ def default_chunk(backbone: Backbone, support_x: torch.Tensor, query_x: torch.Te
     queries per class, 2-core CPU, one inner step, peak resident-set growth: about 100 MiB for
     the query phase and 22 MiB per task of the support phase (5 images), i.e. 1.3 vs 4.4 MiB
     per image. So 4 tasks per chunk at 1 step, 1 at 5 steps.
+
+    Args:
+        support_x: ``[T, N*K, ...]``; query_x: ``[T, N*Q, ...]``. steps: inner steps.
+
+    Returns:
+        Tasks per chunk, >= 1.
     """
     support, query = support_x.shape[1], query_x.shape[1]
     return max(1, int(query / (SUPPORT_IMAGE_STEP_COST * support * max(steps, 1))))
-
-
-SUPPORT_IMAGE_STEP_COST = 3.3
 
 
 def meta_gradient(
@@ -344,7 +351,7 @@ def _recompute(
     names = list(params)
     leaves = [params[n] for n in names]
     tasks = support_x.shape[0]
-    size = chunk if chunk is not None else default_chunk(backbone, support_x, query_x, steps)
+    size = chunk if chunk is not None else default_chunk(support_x, query_x, steps)
     if size < 1:
         raise ValueError(f"chunk must be >= 1 task, got {size}")
     spans = [slice(c, min(c + size, tasks)) for c in range(0, tasks, size)]

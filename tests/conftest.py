@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -63,3 +63,18 @@ def closed_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> Callable[..., str]:
+    """A checker: the captured stderr is one line ``metabench: error: ...`` containing every
+    given fragment; returns that line."""
+
+    def check(*fragments: str) -> str:
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("metabench: error: ") and "\n" not in err, err
+        for fragment in fragments:
+            assert fragment in err, err
+        return err
+
+    return check

@@ -451,21 +451,13 @@ def test_inner_loop_learners_mirror_timing() -> None:
 # bad input
 
 
-def one_line_error(capsys, *fragments: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("metabench: error: ") and "\n" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
-
-
-def test_cli_writes_report_and_prints_its_index(tmp_path: Path, capsys) -> None:
+def test_cli_writes_report_and_prints_its_index(tmp_path: Path, capsys, one_line_error) -> None:
     run = make_run(tmp_path / "run")
     out = tmp_path / "rep"
     assert cli.main(["report", str(run), "--out", str(out)]) == 0
     assert f"report: {out / 'index.md'}" in capsys.readouterr().out
     assert cli.main(["report", str(run), "--out", str(out)]) == 2
-    one_line_error(capsys, "already exists", "--force")
+    one_line_error("already exists", "--force")
     (out / "index.md").write_text("old")
     assert cli.main(["report", str(run), "--out", str(out), "--force"]) == 0
     assert (out / "index.md").read_text().startswith("# metabench report")
@@ -486,10 +478,10 @@ def test_default_out_is_report_in_the_current_directory(tmp_path: Path, monkeypa
     (lambda p: (p / "half").mkdir() or (p / "half" / "episodes.csv").write_text("a\n1\n") and p / "half",
      ["incomplete run directory", "run.json, config.json"]),
 ])
-def test_unusable_folders_fail_with_one_line(tmp_path: Path, capsys, setup, fragments) -> None:
+def test_unusable_folders_fail_with_one_line(tmp_path: Path, one_line_error, setup, fragments) -> None:
     path = setup(tmp_path)
     assert cli.main(["report", str(path), "--out", str(tmp_path / "rep")]) == 2
-    one_line_error(capsys, *fragments)
+    one_line_error(*fragments)
     assert not (tmp_path / "rep").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 

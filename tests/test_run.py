@@ -135,14 +135,6 @@ def test_toml_config_and_flags(tmp_path: Path, data_root: Path) -> None:
     assert config["hparams"] == {"protonet": {"train_ways": 10}}
 
 
-def one_line_error(capsys, *fragments: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("metabench: error: ") and "\n" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
-
-
 @pytest.mark.parametrize(
     "args, fragments",
     [
@@ -162,27 +154,27 @@ def one_line_error(capsys, *fragments: str) -> str:
          ["training episodes of protonet", "lower --shots or --queries"]),
     ],
 )
-def test_bad_configuration(tmp_path: Path, data_root: Path, capsys, args, fragments) -> None:
+def test_bad_configuration(tmp_path: Path, data_root: Path, one_line_error, args, fragments) -> None:
     parent = tmp_path / "runs"
     assert run_cli(*args, "--budget", "smoke", "--data-root", str(data_root), "--out", str(parent / "r")) == 2
-    one_line_error(capsys, *fragments)
+    one_line_error(*fragments)
     assert_nothing_written(parent)
 
 
-def test_missing_data_without_network(tmp_path: Path, capsys, monkeypatch, closed_url: str) -> None:
+def test_missing_data_without_network(tmp_path: Path, one_line_error, monkeypatch, closed_url: str) -> None:
     monkeypatch.setattr(omniglot, "URLS", {k: closed_url + Path(v).name for k, v in omniglot.URLS.items()})
     monkeypatch.setattr(omniglot, "VINYALS_BASE_URL", closed_url)
     empty = tmp_path / "nodata"
     empty.mkdir()
     parent = tmp_path / "runs"
     assert run_cli("--budget", "smoke", "--data-root", str(empty), "--out", str(parent / "r")) == 2
-    one_line_error(capsys, "--data-root")
+    one_line_error("--data-root")
     assert_nothing_written(parent)
     assert not any(p.suffix == ".part" for p in empty.rglob("*"))
 
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped"])
-def test_corrupt_archive(tmp_path: Path, data_root: Path, capsys, damage: str) -> None:
+def test_corrupt_archive(tmp_path: Path, data_root: Path, one_line_error, damage: str) -> None:
     root = tmp_path / "data"
     (root / "omniglot").mkdir(parents=True)
     shutil.copytree(data_root / "splits", root / "splits")
@@ -195,11 +187,11 @@ def test_corrupt_archive(tmp_path: Path, data_root: Path, capsys, damage: str) -
     (root / "omniglot" / "images_background.zip").write_bytes(bytes(raw))
     parent = tmp_path / "runs"
     assert run_cli("--budget", "smoke", "--data-root", str(root), "--out", str(parent / "r")) == 2
-    one_line_error(capsys, "images_background.zip", "corrupt")
+    one_line_error("images_background.zip", "corrupt")
     assert_nothing_written(parent)
 
 
-def test_bad_toml_values(tmp_path: Path, data_root: Path, capsys) -> None:
+def test_bad_toml_values(tmp_path: Path, data_root: Path, one_line_error) -> None:
     for text, fragment in [('download = "false"', "download must be true or false"),
                            ('ways = "five"', "ways must be a whole number"),
                            ("[iterations]\nmamll = 3", "iterations given for unknown learner 'mamll'"),
@@ -209,25 +201,25 @@ def test_bad_toml_values(tmp_path: Path, data_root: Path, capsys) -> None:
         toml.write_text(text + "\n")
         assert cli.main(["run", "--quiet", "--config", str(toml), "--data-root", str(data_root),
                          "--out", str(tmp_path / "runs" / "r")]) == 2
-        one_line_error(capsys, fragment)
+        one_line_error(fragment)
         assert_nothing_written(tmp_path / "runs")
 
 
-def test_unwritable_output_directory(tmp_path: Path, data_root: Path, capsys) -> None:
+def test_unwritable_output_directory(tmp_path: Path, data_root: Path, one_line_error) -> None:
     # a regular file where a folder should be (permission bits do not stop root, which CI may be)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     assert run_cli("--budget", "smoke", "--data-root", str(data_root), "--out", str(blocker / "run")) == 2
-    one_line_error(capsys, "cannot write the run directory", "choose a writable --out")
+    one_line_error("cannot write the run directory", "choose a writable --out")
     assert blocker.read_text() == ""
 
 
-def test_existing_output_directory_is_not_overwritten(tmp_path: Path, data_root: Path, capsys) -> None:
+def test_existing_output_directory_is_not_overwritten(tmp_path: Path, data_root: Path, one_line_error) -> None:
     out = tmp_path / "r"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     assert run_cli("--budget", "smoke", "--data-root", str(data_root), "--out", str(out)) == 2
-    one_line_error(capsys, "already exists")
+    one_line_error("already exists")
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
