@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", help="TOML file with any of the options below (flags override it)")
     run.add_argument("--dataset", help=f"dataset: {', '.join(DATASETS)} (default omniglot)")
-    run.add_argument("--split", help="class split: " + "; ".join(f"{d}: {', '.join(s)}" for d, s in DATASETS.items()) + " (default vinyals)")
+    run.add_argument("--split", help="class split: " + "; ".join(f"{d}: {', '.join(info.splits)}" for d, info in DATASETS.items()) + " (default vinyals)")
     run.add_argument("--ways", type=int, help="N classes per test episode (default 5)")
     run.add_argument("--shots", type=int, help="K support examples per class (default 1)")
     run.add_argument("--queries", type=int, help="Q query examples per class (default 15)")

@@ -182,8 +182,8 @@ def resolve(values: Mapping[str, Any]) -> RunConfig:
     if dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
     split = given.get("split", RunConfig.split)
-    if split not in DATASETS[dataset]:
-        raise ConfigError(f"unknown split {split!r} of {dataset}: choose one of {', '.join(DATASETS[dataset])}")
+    if split not in DATASETS[dataset].splits:
+        raise ConfigError(f"unknown split {split!r} of {dataset}: choose one of {', '.join(DATASETS[dataset].splits)}")
 
     learners = given.get("learners", tuple(LEARNERS))
     if isinstance(learners, str):
