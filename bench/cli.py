@@ -51,12 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train each learner, test all of them on the same episodes, write a run directory, print the summary.",
     )
     run.add_argument("--config", help="TOML file with any of the options below (flags override it)")
-    run.add_argument("--dataset", help=f"dataset: {', '.join(DATASETS)} (default omniglot)")
-    run.add_argument("--split", help="class split: " + "; ".join(f"{d}: {', '.join(info.splits)}" for d, info in DATASETS.items()) + " (default vinyals)")
-    run.add_argument("--ways", type=int, help="N classes per test episode (default 5)")
-    run.add_argument("--shots", type=int, help="K support examples per class (default 1)")
-    run.add_argument("--queries", type=int, help="Q query examples per class (default 15)")
-    run.add_argument("--learners", help=f"comma-separated learners (default all: {','.join(LEARNERS)})")
+    run.add_argument("--dataset", help=f"dataset to meta-train on: {', '.join(DATASETS)} (default omniglot)")
+    run.add_argument("--split", help="class split: " + "; ".join(f"{d}: {', '.join(info.splits)}" for d, info in DATASETS.items())
+                     + " (default: the first listed)")
+    run.add_argument("--test-dataset", help="cross-domain: take the test episodes from this dataset's test split "
+                                            "(default: --dataset), e.g. --dataset omniglot --test-dataset digits")
+    run.add_argument("--test-split", help="split of --test-dataset (default: its first)")
+    run.add_argument("--ways", type=int, help="N classes per test episode (default 5; none for sinusoid regression)")
+    run.add_argument("--shots", type=int, help="K support examples per class (default 1; sinusoid: K points, default 10)")
+    run.add_argument("--queries", type=int, help="Q query examples per class (default 15; sinusoid: query points, default 100)")
+    run.add_argument("--learners", help=f"comma-separated learners: {','.join(LEARNERS)} (default: all defined for the "
+                                        "dataset; learners not defined for it are reported, not run)")
     run.add_argument("--budget", choices=list(BUDGETS), help="training budget preset (default quick)")
     run.add_argument("--iterations", type=int, help="meta-iterations for every learner (overrides the budget)")
     run.add_argument("--test-episodes", type=int, help="test episodes shared by all learners (default 600)")
@@ -66,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--episode-seed", type=int, help="seed of the shared test/validation episodes (default 0)")
     run.add_argument("--device", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
     run.add_argument("--data-root", help="folder holding omniglot/ and splits/ (default $METABENCH_DATA, then the user cache)")
-    run.add_argument("--image-size", type=int, help="side of the square images in pixels (default 28 for Omniglot)")
+    run.add_argument("--image-size", type=int, help="side of the square images in pixels (default: the dataset's, 28 for Omniglot)")
     run.add_argument("--workers", type=int, help="processes for the test evaluation (default 0: one per CPU thread on CPU, one on CUDA)")
     run.add_argument("--no-download", dest="download", action="store_false", default=None,
                      help="fail instead of downloading missing data")
@@ -156,7 +161,7 @@ def _time(args: argparse.Namespace) -> None:
 def run_values(args: argparse.Namespace) -> dict[str, Any]:
     """Merge the TOML file (if any) with the flags given on the command line (flags win)."""
     values: dict[str, Any] = load_toml(args.config) if args.config else {}
-    for key in ("dataset", "split", "ways", "shots", "queries", "learners", "budget", "iterations",
+    for key in ("dataset", "split", "test_dataset", "test_split", "ways", "shots", "queries", "learners", "budget", "iterations",
                 "test_episodes", "val_episodes", "curve_points", "seeds", "episode_seed", "device",
                 "data_root", "download", "out", "image_size", "workers"):
         value = getattr(args, key)

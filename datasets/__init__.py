@@ -65,6 +65,10 @@ DATASETS: dict[str, DatasetInfo] = {
         "omniglot", "Omniglot", "classification", omniglot.SPLITS, 1, 28,
         "Lake et al. 2015; splits Vinyals et al. 2016 / Lake et al. 2015", omniglot.omniglot_split,
     ),
+    "sinusoid": DatasetInfo(
+        "sinusoid", "Sinusoid regression", "regression", ("finn",), 0, 0,
+        "Finn et al. 2017, Sec. 5.1 (generated: A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5])", None,
+    ),
 }
 
 

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 
 from metabench import cli, runner
-from metabench.algorithms import LEARNERS
+from metabench.config import learners_for
 from metabench.datasets import omniglot
 
+LEARNERS = learners_for("classification")
 RUN_FILES = {"config.json", "environment.json", "episodes.csv", "curves.csv", "summary.csv", "summary.md", "run.json"}
 
 
