@@ -145,3 +145,23 @@ class Split:
         if partition not in ("train", "val", "test"):
             raise KeyError(f"unknown partition {partition!r}: use train, val or test")
         return getattr(self, partition)
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a dataset's files are on this machine, as ``metabench data list`` reports it.
+
+    Attributes:
+        status: ``"found"`` (the files a loader needs are present; their checksums are checked
+            by ``metabench data verify`` and on loading), ``"missing"``, ``"bundled"`` (shipped
+            inside an installed Python package) or ``"generated"`` (nothing to find).
+        detail: one line: the paths found (and which on-disk format they are in); for
+            ``"missing"``, where they were looked for and how to get them.
+    """
+
+    status: str
+    detail: str
+
+    def __post_init__(self) -> None:
+        if self.status not in ("found", "missing", "bundled", "generated"):
+            raise ValueError(f"unknown status {self.status!r}")
