@@ -106,8 +106,9 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- safe pickles
 
-#: The only globals a data pickle may name: what NumPy needs to rebuild arrays (old and new
-#: module paths), what Python 2 pickles of byte strings need, and ordered dicts.
+#: The only globals a data pickle may name: what NumPy needs to rebuild arrays, what pickles of
+#: byte strings made with protocol 2 need, and ordered dicts. NumPy's internals are written
+#: ``numpy.core`` by NumPy 1 and ``numpy._core`` by NumPy 2; both spellings are accepted.
 _PICKLE_GLOBALS = frozenset({
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
@@ -123,11 +124,15 @@ class _DataUnpickler(pickle.Unpickler):
     """An unpickler that rebuilds only plain data (see :data:`_PICKLE_GLOBALS`)."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if module.startswith("numpy.core"):  # pickled by NumPy 1.x; NumPy 2 moved it to _core
+        if module == "numpy.core" or module.startswith("numpy.core."):
             module = "numpy._core" + module[len("numpy.core"):]
         if (module, name) not in _PICKLE_GLOBALS:
             raise pickle.UnpicklingError(f"it names {module}.{name}, which data never needs")
-        return getattr(importlib.import_module(module), name)
+        try:
+            found = importlib.import_module(module)
+        except ImportError:  # NumPy 1 without the numpy._core alias
+            found = importlib.import_module(module.replace("numpy._core", "numpy.core", 1))
+        return getattr(found, name)
 
 
 #: What a truncated or garbled pickle raises while loading.

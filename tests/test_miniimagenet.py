@@ -351,13 +351,17 @@ def test_pickled_image_of_wrong_type(tmp_path: Path, small: None) -> None:
     _data_error(tmp_path, r"holds float32 \(8, 84, 84, 3\) images, expected uint8")
 
 
-def test_python2_style_bytes_keys(tmp_path: Path, small: None) -> None:
-    """Pickles whose dict keys are byte strings (Python 2 ``str``) load too."""
+def test_bytes_keys_and_numpy1_module_names(tmp_path: Path, small: None) -> None:
+    """Pickles whose dict keys are byte strings, and whose arrays name NumPy 1's
+    ``numpy.core.multiarray`` (as files written before NumPy 2 do), load too."""
     expected = _metaoptnet_format(tmp_path)
     for path in (tmp_path / "miniimagenet").iterdir():
         obj = pickle.loads(path.read_bytes())
         obj = {k.encode(): v for k, v in obj.items()}
         obj[b"catname2label"] = {k.encode(): v for k, v in obj[b"catname2label"].items()}
-        path.write_bytes(pickle.dumps(obj, protocol=2))
+        payload = pickle.dumps(obj, protocol=2)  # protocol 2 writes globals as text lines
+        assert b"cnumpy._core.multiarray\n_reconstruct\n" in payload
+        path.write_bytes(payload.replace(b"cnumpy._core.multiarray\n",
+                                         b"cnumpy.core.multiarray\n"))
     split = load_split("miniimagenet", "ravi", data_root=tmp_path, download=False)
     np.testing.assert_array_equal(split.train.dataset.images, expected)
