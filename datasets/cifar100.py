@@ -41,7 +41,7 @@ import io
 import os
 import tarfile
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -62,7 +62,7 @@ from .arrays import (
     text_key,
     write_cache,
 )
-from .base import ClassPool, ImageDataset, Located, Split
+from .base import ImageDataset, Located, Split, split_by_index
 
 __all__ = [
     "ARCHIVE",
@@ -145,7 +145,6 @@ FC100_SUPERCLASSES: Mapping[str, tuple[int, ...]] = MappingProxyType({
 
 CIFAR_FS_SPLITS = ("bertinetto",)
 FC100_SPLITS = ("oreshkin",)
-PARTITIONS = ("train", "val", "test")
 
 
 # --------------------------------------------------------------------------- locating
@@ -479,18 +478,6 @@ def verify_cifar100(data_root: str | os.PathLike[str] | None = None) -> str:
 # --------------------------------------------------------------------------- splits
 
 
-def _split(dataset_name: str, split_name: str, dataset: ImageDataset,
-           member: Callable[[str], str | None]) -> Split:
-    """Build a split; ``member(class name)`` says which partition a class belongs to, if any."""
-    pools = {}
-    for partition in PARTITIONS:
-        base = np.array([i for i, n in enumerate(dataset.class_names) if member(n) == partition],
-                        dtype=np.int64)
-        pools[partition] = ClassPool(dataset, base, np.zeros_like(base),
-                                     tuple(dataset.class_names[i] for i in base))
-    return Split(dataset=dataset_name, name=split_name, **pools)
-
-
 def cifar_fs_split(
     name: str,
     data_root: str | os.PathLike[str] | None = None,
@@ -516,12 +503,8 @@ def cifar_fs_split(
                           f"{', '.join(CIFAR_FS_SPLITS)}")
     dataset = load_cifar100(data_root, image_size, download)
     index = {n.split("/", 1)[1]: i for i, n in enumerate(dataset.class_names)}
-    pools = {}
-    for partition in PARTITIONS:
-        base = np.array([index[c] for c in CIFAR_FS_CLASSES[partition]], dtype=np.int64)
-        pools[partition] = ClassPool(dataset, base, np.zeros_like(base),
-                                     tuple(dataset.class_names[i] for i in base))
-    return Split(dataset="cifar-fs", name=name, **pools)
+    return split_by_index(dataset, "cifar-fs", name, {
+        p: [index[c] for c in classes] for p, classes in CIFAR_FS_CLASSES.items()})
 
 
 def fc100_split(
@@ -547,6 +530,7 @@ def fc100_split(
     if name not in FC100_SPLITS:
         raise ConfigError(f"unknown fc100 split {name!r}: choose one of {', '.join(FC100_SPLITS)}")
     dataset = load_cifar100(data_root, image_size, download)
-    partition_of = {COARSE_LABEL_NAMES[s]: p for p, supers in FC100_SUPERCLASSES.items()
-                    for s in supers}
-    return _split("fc100", name, dataset, lambda n: partition_of.get(n.split("/", 1)[0]))
+    superclass = [COARSE_LABEL_NAMES.index(n.split("/", 1)[0]) for n in dataset.class_names]
+    return split_by_index(dataset, "fc100", name, {
+        p: [i for i, s in enumerate(superclass) if s in supers]
+        for p, supers in FC100_SUPERCLASSES.items()})

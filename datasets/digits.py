@@ -26,7 +26,7 @@ import numpy as np
 from metabench.errors import ConfigError, DataError
 
 from .arrays import check_image_size, resize_images
-from .base import ClassPool, ImageDataset, Located, Split
+from .base import ImageDataset, Located, Split, split_by_index
 
 __all__ = [
     "N_CLASSES",
@@ -131,11 +131,7 @@ def digits_split(
     """
     if name not in SPLITS:
         raise ConfigError(f"unknown digits split {name!r}: choose one of {', '.join(SPLITS)}")
-    dataset = load_digits(image_size)
-    empty = ClassPool(dataset, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), ())
-    test = np.arange(N_CLASSES, dtype=np.int64)
-    return Split(dataset="digits", name=name, train=empty, val=empty,
-                 test=ClassPool(dataset, test, np.zeros_like(test), dataset.class_names))
+    return split_by_index(load_digits(image_size), "digits", name, {"test": range(N_CLASSES)})
 
 
 def locate_digits(data_root: str | os.PathLike[str] | None = None) -> Located:

@@ -68,7 +68,7 @@ from .arrays import (
     text_key,
     write_cache,
 )
-from .base import ClassPool, ImageDataset, Located, Split
+from .base import ImageDataset, Located, Split, split_by_index
 
 __all__ = [
     "CACHE_FILES",
@@ -546,11 +546,6 @@ def miniimagenet_split(
     if name not in SPLITS:
         raise ConfigError(f"unknown miniimagenet split {name!r}: choose one of {', '.join(SPLITS)}")
     dataset = load_miniimagenet(data_root, image_size)
-    pools, start = {}, 0
-    for partition in PARTITIONS:
-        count = len(RAVI_CLASSES[partition])
-        base = np.arange(start, start + count, dtype=np.int64)
-        pools[partition] = ClassPool(dataset, base, np.zeros_like(base),
-                                     dataset.class_names[start:start + count])
-        start += count
-    return Split(dataset="miniimagenet", name=name, **pools)
+    index = {wnid: i for i, wnid in enumerate(dataset.class_names)}
+    return split_by_index(dataset, "miniimagenet", name, {
+        p: [index[wnid] for wnid in classes] for p, classes in RAVI_CLASSES.items()})
