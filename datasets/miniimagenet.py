@@ -191,7 +191,7 @@ def read_ravi_csv(path: Path, partition: str) -> dict[str, list[str]]:
     """
     fix = f"replace it with {partition}.csv of the Ravi & Larochelle split from {_SPLIT_CSV_URL}"
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # a BOM is tolerated
             table = [row for row in csv.reader(fh) if row]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read {path} ({one_line(exc)}): {fix}") from exc

@@ -294,6 +294,14 @@ def test_download_command_checks_md5(tmp_path: Path, small: dict, file_server: F
     assert "already in" in capsys.readouterr().out
 
 
+def test_download_replaces_a_bad_archive(tmp_path: Path, small: dict, file_server: FileServer,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    _serve(file_server, monkeypatch, small["archive"])
+    root = _root(tmp_path, b"not an archive")
+    assert main(["data", "download", "fc100", "--data-root", str(root)]) == 0
+    assert (root / "cifar100" / "cifar-100-python.tar.gz").read_bytes() == small["archive"]
+
+
 def test_download_md5_mismatch_leaves_nothing(tmp_path: Path, small: dict,
                                               file_server: FileServer,
                                               monkeypatch: pytest.MonkeyPatch,

@@ -4,7 +4,9 @@ entries it relies on, generated datasets, and scikit-learn's digits (the cross-d
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -13,6 +15,9 @@ from PIL import Image
 from metabench.cli import main
 from metabench.datasets import DATASETS, DatasetInfo, load_split, omniglot
 from metabench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from conftest import FileServer
 
 # ----------------------------------------------------------------------------- the registry
 
@@ -102,6 +107,31 @@ def test_verify_omniglot_with_a_corrupt_archive(tmp_path: Path, data_root: Path,
     (folder / "images_evaluation.zip").symlink_to(data_root / "omniglot" / "images_evaluation.zip")
     assert main(["data", "verify", "omniglot", "--data-root", str(tmp_path)]) == 2
     one_line_error("images_background.zip", "corrupt")
+
+
+def test_download_omniglot_from_a_loopback_server(
+        tmp_path: Path, data_root: Path, file_server: FileServer,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The archives and split files served locally (the reference copies, whose MD5s stand in
+    for the official ones), fetched by ``metabench data download omniglot``."""
+    urls, md5s = {}, {}
+    for part in (omniglot.BACKGROUND, omniglot.EVALUATION):
+        body = (data_root / "omniglot" / f"{part}.zip").read_bytes()
+        file_server.files[f"omniglot/{part}.zip"] = body
+        urls[part] = f"{file_server.url}omniglot/{part}.zip"
+        md5s[part] = hashlib.md5(body).hexdigest()
+    for partition in ("train", "val", "test"):
+        file_server.files[f"vinyals/{partition}.txt"] = (
+            data_root / "splits" / "omniglot_vinyals" / f"{partition}.txt").read_bytes()
+    monkeypatch.setattr(omniglot, "URLS", urls)
+    monkeypatch.setattr(omniglot, "MD5", md5s)
+    monkeypatch.setattr(omniglot, "VINYALS_BASE_URL", f"{file_server.url}vinyals/")
+    assert main(["data", "download", "omniglot", "--data-root", str(tmp_path)]) == 0
+    assert "SHA-256 checked" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "omniglot").iterdir()) == [
+        "images_background.zip", "images_evaluation.zip"]
+    assert main(["data", "verify", "omniglot", "--data-root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.count("official MD5") == 2
 
 
 def test_unknown_dataset_and_missing_name(one_line_error,
