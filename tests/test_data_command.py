@@ -137,7 +137,7 @@ def test_download_omniglot_from_a_loopback_server(
 def test_unknown_dataset_and_missing_name(one_line_error,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["data", "verify", "imagenet"]) == 2
-    one_line_error("unknown dataset 'imagenet'", "omniglot, miniimagenet, cifar-fs, fc100, digits")
+    one_line_error("unknown dataset 'imagenet'", *DATASETS)
     with pytest.raises(SystemExit):
         main(["data", "download"])
     assert "NAME" in capsys.readouterr().err
