@@ -470,8 +470,8 @@ def load_miniimagenet(
 ) -> ImageDataset:
     """Load all 100 miniImageNet classes of the Ravi & Larochelle split as one uint8 array.
 
-    The first call for given inputs and ``image_size`` reads and checks everything (about a
-    minute for the images format) and writes ``<cache_dir>/compact/miniimagenet-<size>px-<key>
+    The first call for given inputs and ``image_size`` reads and checks everything (measured on
+    2 cores: 18 s for 60,000 84x84 JPEGs, 7 s for the pickles) and writes ``<cache_dir>/compact/miniimagenet-<size>px-<key>
     .npz``; later calls read that file.
 
     Args:
