@@ -4,8 +4,9 @@
 and print its summary table. ``metabench time``: time one meta-training step per learner and
 implementation (:mod:`metabench.timing`), write a timing directory and print its table.
 ``metabench report``: tables, paired statistics and figures from run and timing directories
-(:mod:`metabench.report`). Errors are printed as one line, ``metabench: error: ...``, with exit
-status 2.
+(:mod:`metabench.report`). ``metabench data list|download|verify``: the datasets, where their
+files are, fetching and checking them (:mod:`metabench.data`). Errors are printed as one line,
+``metabench: error: ...``, with exit status 2.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from metabench import __version__
+from metabench import __version__, data
 from metabench.algorithms import LEARNERS
 from metabench.config import BUDGETS, load_toml, resolve
 from metabench.datasets import DATASETS
@@ -112,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("dirs", nargs="+", metavar="RUN_DIR", help="run or timing directory (any number, any mix)")
     r.add_argument("--out", help="report folder to create (default: report)")
     r.add_argument("--force", action="store_true", help="replace --out if it is an existing metabench report")
+
+    d = sub.add_parser(
+        "data", help="list, download and verify datasets",
+        description="List every dataset and where its files are, download a dataset, or verify its checksums and structure.",
+    )
+    data.add_arguments(d)
     return parser
 
 
@@ -202,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             out = report(args.dirs, Path(args.out) if args.out else None, force=args.force)
             print(f"report: {out / 'index.md'}")
+        elif args.command == "data":
+            data.main(args)
         return 0
     except MetabenchError as exc:
         print(f"metabench: error: {exc}", file=sys.stderr)
