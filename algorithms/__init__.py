@@ -17,8 +17,8 @@ from metabench.errors import ConfigError
 from .backbones import BatchStatNorm2d, Conv4
 from .maml import MAML, FirstOrderMAML
 from .matchingnet import MatchingNet
-from .protocol import EpisodeShape, MetaLearner, StepResult, apply_overrides
 from .pretrained import Pretrained
+from .protocol import EpisodeShape, MetaLearner, StepResult, apply_overrides
 from .protonet import ProtoNet
 from .reptile import Reptile
 

@@ -34,7 +34,16 @@ from metabench.datasets.sampler import Episode
 from metabench.errors import ConfigError
 
 from .backbones import MLP, Conv4, accuracy
-from .maml_core import CONV4, MLP_REGRESSION, PATHS, adapt, adapt_and_predict, choose_path, compiled_query_forward, meta_gradient
+from .maml_core import (
+    CONV4,
+    MLP_REGRESSION,
+    PATHS,
+    adapt,
+    adapt_and_predict,
+    choose_path,
+    compiled_query_forward,
+    meta_gradient,
+)
 from .protocol import EpisodeShape, MetaLearner, StepResult
 
 

@@ -35,7 +35,6 @@ import torch
 from torch import nn
 
 from metabench.datasets.sampler import Episode
-
 from metabench.errors import ConfigError
 
 from .backbones import MLP, Conv4, accuracy, cross_entropy

@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", help="comma-separated training seeds, one run of every learner per seed (default 0)")
     run.add_argument("--episode-seed", type=int, help="seed of the shared test/validation episodes (default 0)")
     run.add_argument("--device", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
-    run.add_argument("--data-root", help="folder holding omniglot/ and splits/ (default $METABENCH_DATA, then the user cache)")
+    run.add_argument("--data-root", help="data root holding omniglot/, miniimagenet/, cifar100/ and splits/ "
+                                         "(default $METABENCH_DATA, then the user cache; see `metabench data list`)")
     run.add_argument("--image-size", type=int, help="side of the square images in pixels (default: the dataset's, 28 for Omniglot)")
     run.add_argument("--workers", type=int, help="processes for the test evaluation (default 0: one per CPU thread on CPU, one on CUDA)")
     run.add_argument("--no-download", dest="download", action="store_false", default=None,

@@ -226,8 +226,8 @@ def resolve(values: Mapping[str, Any]) -> RunConfig:
 
     Raises:
         ConfigError: for unknown keys, learners, datasets, splits, budgets, hyperparameters,
-            non-positive counts, ``ways`` given for regression, a cross-domain pair of different
-            kinds or channels, or no learner left to run.
+            non-positive counts, ``ways`` given for regression, a dataset without meta-training
+            classes, a cross-domain pair of different kinds or channels, or no learner left to run.
     """
     known = {f.name for f in dataclasses.fields(RunConfig)} - {"skipped"}
     given = {k: v for k, v in values.items() if v is not None}
@@ -242,6 +242,9 @@ def resolve(values: Mapping[str, Any]) -> RunConfig:
     split = given.get("split", info.splits[0])
     if split not in info.splits:
         raise ConfigError(f"unknown split {split!r} of {dataset}: choose one of {', '.join(info.splits)}")
+    if info.partitions.get(split, (1, 1, 1))[0] == 0:
+        raise ConfigError(f"{dataset} has no meta-training classes (its {split} split is meta-test only): meta-train on "
+                          f"another dataset and test on it with --test-dataset {dataset}")
     test_dataset = given.get("test_dataset", dataset)
     if test_dataset not in DATASETS:
         raise ConfigError(f"unknown test dataset {test_dataset!r}: choose one of {', '.join(DATASETS)}")

@@ -229,7 +229,7 @@ def test_console_script_reports_one_line_error(tmp_path: Path) -> None:
     proc = subprocess.run([str(exe), "run", "--learners", "nope", "--out", str(tmp_path / "r")],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "metabench: error: unknown learner 'nope': choose from maml, fomaml, reptile, protonet, matchingnet"
+    assert proc.stderr.strip() == "metabench: error: unknown learner 'nope': choose from maml, fomaml, reptile, protonet, matchingnet, pretrained"
 
 
 @pytest.mark.slow
