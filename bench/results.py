@@ -195,7 +195,8 @@ def read_run(path: Path) -> AccuracyRun:
                           "its summary.md and summary.csv hold its table")
     dataset, split = str(config["dataset"]), str(config["split"])
     if (config.get("test_dataset", dataset), config.get("test_split", split)) != (dataset, split):
-        dataset, split = f"{dataset}→{config['test_dataset']}", f"{split}→{config['test_split']}"
+        # cross-domain: ASCII, because Setting.short names files
+        dataset, split = f"{dataset}-to-{config['test_dataset']}", f"{split}-to-{config['test_split']}"
     setting = Setting(dataset, split, int(config["ways"]), int(config["shots"]))
     episodes = _read_csv(path / "episodes.csv", EPISODE_COLUMNS, ("seed", "episode", "accuracy"))
     episodes["learner"] = episodes["learner"].astype(str)

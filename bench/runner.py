@@ -216,8 +216,10 @@ def summarize_regression(episodes: pd.DataFrame, timings: pd.DataFrame, learners
         learners: the learners in table order.
 
     Returns:
-        One row per learner: ``learner, name``, then ``mse_<s>, ci95_<s>`` for every ``s``,
-        ``episodes, seeds, seed_std_<last s>`` (NaN for one seed), ``meta_iterations,
+        One row per learner: ``learner, name``, then for every ``s``: ``mse_<s>, ci95_<s>``
+        (NaN when a task's MSE is not finite), ``median_<s>`` over the tasks and
+        ``diverged_<s>``, the number of tasks whose MSE is not finite (fine-tuning diverged);
+        then ``episodes, seeds, seed_std_<last s>`` (NaN for one seed), ``meta_iterations,
         meta_train_s, test_ms_per_episode``.
     """
     rows = []
@@ -227,7 +229,10 @@ def summarize_regression(episodes: pd.DataFrame, timings: pd.DataFrame, learners
         t = timings[timings["learner"] == name]
         row = {"learner": name, "name": LEARNERS[name].title}
         for steps in REGRESSION_STEPS:
-            row[f"mse_{steps}"], row[f"ci95_{steps}"] = mean_ci95(mine.groupby("episode")[f"mse_{steps}"].mean())
+            per_task = mine.groupby("episode")[f"mse_{steps}"].mean()
+            row[f"mse_{steps}"], row[f"ci95_{steps}"] = mean_ci95(per_task)
+            row[f"median_{steps}"] = float(per_task.fillna(np.inf).median())  # a diverged task counts as worst
+            row[f"diverged_{steps}"] = int((~np.isfinite(per_task)).sum())
         per_seed = mine.groupby("seed")[f"mse_{last}"].mean()
         row.update({
             "episodes": int(mine["episode"].nunique()),
@@ -243,14 +248,20 @@ def summarize_regression(episodes: pd.DataFrame, timings: pd.DataFrame, learners
 
 def regression_markdown_table(summary: pd.DataFrame) -> str:
     """A regression summary as a Markdown table (query MSE as ``mean ± CI`` after each number of
-    test-time gradient steps)."""
+    test-time gradient steps; "diverged on n of N tasks" where a task's MSE is not finite, since
+    a mean with one overflow says nothing about the others)."""
     steps = [f"{s} step{'s' if s != 1 else ''}" for s in REGRESSION_STEPS]
     lines = [
         "| Learner | " + " | ".join(f"MSE, {s}" for s in steps) + " | Meta-iterations | Meta-train time (s) |",
         "|---|" + "---:|" * len(steps) + "---:|---:|",
     ]
+    def cell(r: dict, s: int) -> str:
+        if r[f"diverged_{s}"]:
+            return f"diverged on {r[f'diverged_{s}']} of {r['episodes']} tasks"
+        return f"{r[f'mse_{s}']:.3g} ± {r[f'ci95_{s}']:.2g}" if r[f"mse_{s}"] >= 1000 else f"{r[f'mse_{s}']:.3f} ± {r[f'ci95_{s}']:.3f}"
+
     for r in summary.to_dict("records"):
-        cells = " | ".join(f"{r[f'mse_{s}']:.3f} ± {r[f'ci95_{s}']:.3f}" for s in REGRESSION_STEPS)
+        cells = " | ".join(cell(r, s) for s in REGRESSION_STEPS)
         lines.append(f"| {r['name']} | {cells} | {r['meta_iterations']} | {r['meta_train_s']:.1f} |")
     return "\n".join(lines)
 
@@ -288,7 +299,9 @@ def summary_markdown(config: RunConfig, summary: pd.DataFrame, meta: dict[str, A
             f"# {config.dataset} ({config.split}), K = {config.shots}\n\n"
             f"{regression_markdown_table(summary)}\n\n"
             f"Mean query MSE after 0, 1, 5 and 10 test-time gradient steps on the K = {config.shots} support "
-            f"points, over {config.test_episodes} test tasks ({config.queries} query points each) {common}{tuned}{skipped}\n"
+            f"points, over {config.test_episodes} test tasks ({config.queries} query points each) {common} A cell "
+            f"reads \"diverged\" where fine-tuning overflowed on some tasks (MSE not finite); summary.csv also "
+            f"has the median over tasks.{tuned}{skipped}\n"
         )
     where = f"{config.dataset} ({config.split} split)"
     if (config.test_dataset, config.test_split) != (config.dataset, config.split):

@@ -170,6 +170,24 @@ def test_cifar_fs_from_the_archive(tmp_path: Path, small: dict) -> None:
     assert (split.test.rotation == 0).all()
 
 
+@pytest.mark.slow
+def test_run_meta_trains_on_cifar_fs_and_tests_on_fc100(tmp_path: Path, small: dict) -> None:
+    """`metabench run` end to end on the fixture: Conv4 takes 3x32x32 images (MAML's head on a
+    64 * 2 * 2 embedding), and a cross-domain run tests on FC100's test classes."""
+    import json
+
+    root = _root(tmp_path, small["archive"])
+    out = tmp_path / "run"
+    assert main(["run", "--quiet", "--dataset", "cifar-fs", "--test-dataset", "fc100", "--budget", "smoke",
+                 "--learners", "maml,protonet", "--set", "protonet.train_queries=3", "--queries", "3",
+                 "--test-episodes", "2", "--val-episodes", "1", "--device", "cpu", "--data-root", str(root),
+                 "--no-download", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["image_size"] == 32 and (config["dataset"], config["test_dataset"]) == ("cifar-fs", "fc100")
+    assert json.loads((out / "run.json").read_text())["test_pool"] == "fc100/oreshkin/test"
+    assert "cifar-fs (bertinetto split) → fc100 (oreshkin split), 5-way 1-shot" in (out / "summary.md").read_text()
+
+
 def test_fc100_from_the_archive(tmp_path: Path, small: dict) -> None:
     root = _root(tmp_path, small["archive"])
     split = load_split("fc100", "oreshkin", data_root=root, download=False)

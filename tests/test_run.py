@@ -251,6 +251,8 @@ def test_cross_domain_run_tests_on_the_other_datasets_test_split(tmp_path: Path,
     assert meta["fingerprint"] == fingerprint(digits.test, [sampler.index(i) for i in range(4)])
     assert "omniglot (vinyals split) → digits (all split), 5-way 1-shot" in (out / "summary.md").read_text()
     assert pd.read_csv(out / "curves.csv")["val_accuracy"].notna().sum() == 1  # Omniglot validation
+    assert cli.main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert "omniglot-to-digits (vinyals-to-all) 5-way 1-shot" in (tmp_path / "rep" / "index.md").read_text()
 
 
 def test_cross_domain_configuration_errors(tmp_path: Path, one_line_error) -> None:

@@ -153,6 +153,29 @@ def test_maml_learns_sinusoids_on_a_tiny_budget() -> None:
     assert gain.mean() > 3 * gain.std(ddof=1) / np.sqrt(gain.size), (before.mean(), after.mean())
 
 
+def test_regression_summary_by_hand_and_diverged_tasks() -> None:
+    """Means and CIs over tasks, medians with a diverged (NaN) task counted as the worst, and the
+    table says "diverged" instead of printing a meaningless mean."""
+    from metabench.runner import regression_markdown_table, summarize_regression
+
+    rows = []
+    for learner, values in (("maml", [1.0, 2.0, 3.0, 6.0]), ("reptile", [1.0, 2.0, 3.0, float("nan")])):
+        for episode, v in enumerate(values):
+            rows.append({"seed": 0, "learner": learner, "episode": episode,
+                         **{f"mse_{s}": v * (s + 1) for s in REGRESSION_STEPS}})
+    timings = pd.DataFrame([{"seed": 0, "learner": n, "meta_iterations": 5, "meta_train_seconds": 2.0,
+                             "test_seconds": 0.4, "test_episodes": 4} for n in ("maml", "reptile")])
+    summary = summarize_regression(pd.DataFrame(rows), timings, ("maml", "reptile")).set_index("learner")
+    assert summary.loc["maml", "mse_0"] == pytest.approx(3.0)
+    assert summary.loc["maml", "ci95_0"] == pytest.approx(1.959963984540054 * np.std([1, 2, 3, 6], ddof=1) / 2)
+    assert summary.loc["maml", "mse_10"] == pytest.approx(33.0) and summary.loc["maml", "median_10"] == pytest.approx(27.5)
+    assert summary.loc["reptile", "diverged_1"] == 1 and summary.loc["maml", "diverged_1"] == 0
+    assert np.isnan(summary.loc["reptile", "mse_1"]) and summary.loc["reptile", "median_1"] == pytest.approx(5.0)
+    table = regression_markdown_table(summary.reset_index())
+    assert "| MAML | 3.000 ± " in table and "| Reptile | diverged on 1 of 4 tasks |" in table
+    assert summary.loc["maml", "test_ms_per_episode"] == pytest.approx(100.0)
+
+
 def test_config_defaults_and_errors_for_regression() -> None:
     config = resolve({"dataset": "sinusoid"})
     assert (config.split, config.ways, config.shots, config.queries) == ("finn", 1, 10, 100)
