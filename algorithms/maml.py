@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -33,8 +33,17 @@ from torch import nn
 from metabench.datasets.sampler import Episode
 from metabench.errors import ConfigError
 
-from .backbones import Conv4, accuracy
-from .maml_core import CONV4, PATHS, adapt, choose_path, compiled_query_forward, meta_gradient
+from .backbones import MLP, Conv4, accuracy
+from .maml_core import (
+    CONV4,
+    MLP_REGRESSION,
+    PATHS,
+    adapt,
+    adapt_and_predict,
+    choose_path,
+    compiled_query_forward,
+    meta_gradient,
+)
 from .protocol import EpisodeShape, MetaLearner, StepResult
 
 
@@ -74,8 +83,15 @@ class MAMLConfig:
     compile_query: bool = False
 
 
+#: Finn et al. (2017, Sec. 5.1), sinusoid regression: alpha = 0.01, meta-batch 25, Adam meta
+#: learning rate 1e-3 (the released code's default), one inner step in training; the paper
+#: evaluates up to 10 steps at test time (Fig. 3).
+_SINUSOID = {"inner_lr": 0.01, "meta_batch": 25, "meta_lr": 1e-3, "train_inner_steps": 1, "test_inner_steps": 10}
+
+
 class MAML(MetaLearner):
-    """Second-order MAML (Finn et al. 2017, Alg. 2) on a Conv4 with a linear N-way head.
+    """Second-order MAML (Finn et al. 2017, Alg. 2) on a Conv4 with a linear N-way head, or
+    (regression, Alg. 2 with the MSE loss, Sec. 5.1) on the MLP 1-40-40-1.
 
     Each meta-training step takes the meta-gradient of the mean query loss over the meta-batch
     from :func:`~metabench.algorithms.maml_core.meta_gradient` and one Adam step. ``predict``
@@ -89,16 +105,23 @@ class MAML(MetaLearner):
     title = "MAML"
     name = "maml"
     Config = MAMLConfig
+    KINDS = ("classification", "regression")
+    REGRESSION_DEFAULTS: ClassVar[dict[str, Any]] = _SINUSOID
 
     def __init__(self, config: MAMLConfig, ways, image_shape, total_iterations, device, seed) -> None:
         super().__init__(config, ways, image_shape, total_iterations, device, seed)
         if config.path not in ("auto", *PATHS):
             raise ConfigError(f"unknown path {config.path!r} for {self.name}: use --set {self.name}.path=auto|{'|'.join(PATHS)}")
-        channels, height, _ = image_shape
-        self._model = Conv4(channels, height, n_outputs=ways).to(device)
+        if self.kind == "regression":
+            self._backbone = MLP_REGRESSION
+            self._model = MLP((image_shape[0], 40, 40, ways)).to(device)
+        else:
+            channels, height, _ = image_shape
+            self._backbone = CONV4
+            self._model = Conv4(channels, height, n_outputs=ways).to(device)
         self.optimizer = torch.optim.Adam(self._model.parameters(), lr=config.meta_lr)
-        self.path = choose_path(CONV4, device) if config.path == "auto" else config.path
-        self._query_forward = compiled_query_forward(CONV4) if config.compile_query else None
+        self.path = choose_path(self._backbone, device) if config.path == "auto" else config.path
+        self._query_forward = compiled_query_forward(self._backbone) if config.compile_query else None
 
     @property
     def model(self) -> nn.Module:
@@ -113,7 +136,7 @@ class MAML(MetaLearner):
         self.optimizer.zero_grad(set_to_none=True)
         params = dict(self._model.named_parameters())
         result = meta_gradient(
-            CONV4, params,
+            self._backbone, params,
             torch.stack([e.support_x for e in episodes]), torch.stack([e.support_y for e in episodes]),
             torch.stack([e.query_x for e in episodes]), torch.stack([e.query_y for e in episodes]),
             cfg.train_inner_steps, cfg.inner_lr, cfg.first_order, self.path, self._query_forward, cfg.chunk or None,
@@ -122,6 +145,8 @@ class MAML(MetaLearner):
             p.grad = result.grads[name]
         self.optimizer.step()
         self.iteration += 1
+        if self.kind == "regression":
+            return StepResult(result.losses.mean().item(), float("nan"))
         accs = [accuracy(out, e.query_y) for out, e in zip(result.outputs, episodes)]
         return StepResult(result.losses.mean().item(), sum(accs) / len(accs))
 
@@ -129,11 +154,18 @@ class MAML(MetaLearner):
         params = {n: p.detach().requires_grad_(True) for n, p in self._model.named_parameters()}
         with torch.enable_grad():
             fast = adapt(
-                CONV4, params, episode.support_x, episode.support_y,
+                self._backbone, params, episode.support_x, episode.support_y,
                 self.config.test_inner_steps, self.config.inner_lr, create_graph=False,
             )
         with torch.no_grad():
-            return CONV4.forward({n: p.detach() for n, p in fast.items()}, episode.query_x, "native")
+            return self._backbone.forward({n: p.detach() for n, p in fast.items()}, episode.query_x, "native")
+
+    def predict_steps(self, episode: Episode, steps: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Query outputs after each of ``steps`` test-time gradient steps with step size
+        ``inner_lr`` (see :func:`~metabench.algorithms.maml_core.adapt_and_predict`)."""
+        params = dict(self._model.named_parameters())
+        return adapt_and_predict(self._backbone, params, episode.support_x, episode.support_y,
+                                 episode.query_x, self.config.inner_lr, steps)
 
 
 @dataclass(frozen=True)
@@ -163,3 +195,7 @@ class FirstOrderMAML(MAML):
     title = "First-order MAML"
     name = "fomaml"
     Config = FOMAMLConfig
+    #: For regression, MAML's sinusoid settings, alpha 0.01 included, so that the two differ only
+    #: in the second derivatives (Finn et al. 2017 report first-order MAML for miniImageNet only,
+    #: Sec. 5.2; the sinusoid has no published first-order setting).
+    REGRESSION_DEFAULTS: ClassVar[dict[str, Any]] = _SINUSOID

@@ -44,7 +44,7 @@ Measured choices (2-core CPU, Conv4, 5-way 1-shot, 15 queries per class, meta-ba
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -151,6 +151,45 @@ def adapt(
         grads = _grad(loss, [params[n] for n in names], create_graph)
         params = {n: params[n] - inner_lr * g for n, g in zip(names, grads)}
     return params
+
+
+def adapt_and_predict(
+    backbone: Backbone,
+    params: Params,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    inner_lr: float,
+    steps: Sequence[int],
+) -> dict[int, torch.Tensor]:
+    """Test-time adaptation (Eq. 1 without a graph) recording the query outputs after each
+    number of gradient steps in ``steps`` (Finn et al. 2017, Fig. 3 plots the MSE after 0..10).
+
+    Args:
+        params: theta, name -> tensor (detached copies are used; ``params`` is not modified).
+        support_x: ``[M, ...]``; support_y: ``[M, ...]``; query_x: ``[Q, ...]``.
+        inner_lr: the step size. steps: step counts (>= 0), any order.
+
+    Returns:
+        ``{s: outputs [Q, ...]}`` (detached) for every ``s`` in ``steps``.
+
+    Raises:
+        ValueError: for a negative step count.
+    """
+    wanted = sorted(set(steps))
+    if wanted and wanted[0] < 0:
+        raise ValueError(f"step counts must be >= 0, got {wanted[0]}")
+    fast = {n: p.detach() for n, p in params.items()}
+    out: dict[int, torch.Tensor] = {}
+    for step in range(wanted[-1] + 1 if wanted else 0):
+        if step in wanted:
+            with torch.no_grad():
+                out[step] = backbone.forward(fast, query_x, "native")
+        if step < wanted[-1]:
+            with torch.enable_grad():
+                leaves = {n: p.requires_grad_(True) for n, p in fast.items()}
+                fast = {n: p.detach() for n, p in adapt(backbone, leaves, support_x, support_y, 1, inner_lr, False).items()}
+    return out
 
 
 def adapt_tasks(

@@ -107,6 +107,7 @@ class MatchingNet(MetaLearner):
     title = "Matching Networks"
     name = "matchingnet"
     Config = MatchingNetConfig
+    WHY_NOT = "it labels queries by attention over labelled support examples, and regression tasks have no classes"
 
     def __init__(self, config: MatchingNetConfig, ways, image_shape, total_iterations, device, seed) -> None:
         super().__init__(config, ways, image_shape, total_iterations, device, seed)

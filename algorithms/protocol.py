@@ -3,6 +3,11 @@
 A learner is built for one N-way setting, meta-trains on batches of episodes
 (:meth:`MetaLearner.meta_train_step`), and at test time adapts to an episode's support set and
 returns logits for its query set (:meth:`MetaLearner.predict`).
+
+Two kinds of problem: ``classification`` (N-way K-shot image episodes, inputs ``[C, H, W]``) and
+``regression`` (K-shot regression tasks such as sinusoids, inputs ``[features]``); a learner says
+which it supports in ``KINDS``. For regression, :meth:`MetaLearner.predict_steps` gives the query
+predictions after each of several numbers of test-time gradient steps (Finn et al. 2017, Fig. 3).
 """
 
 from __future__ import annotations
@@ -41,9 +46,11 @@ class StepResult:
     """What one meta-training step reports.
 
     Attributes:
-        loss: mean training loss of the step's episodes (nats; the query loss after adaptation
-            for MAML, the task loss for Reptile).
-        accuracy: mean training accuracy of the step's episodes, as a fraction in [0, 1].
+        loss: mean training loss of the step's episodes (nats for classification, squared units
+            of y for regression; the query loss after adaptation for MAML, the task loss for
+            Reptile).
+        accuracy: mean training accuracy of the step's episodes, as a fraction in [0, 1]; NaN
+            for regression.
     """
 
     loss: float
@@ -53,13 +60,18 @@ class StepResult:
 class MetaLearner(ABC):
     """A few-shot meta-learner (the common protocol).
 
-    Subclasses set ``name`` (command-line name), ``title`` (name in tables) and ``Config`` (a frozen dataclass of hyperparameters whose defaults
-    follow the learner's paper) and implement the abstract methods.
+    Subclasses set ``name`` (command-line name), ``title`` (name in tables), ``Config`` (a
+    frozen dataclass of hyperparameters whose defaults follow the learner's paper), ``KINDS``
+    (the problem kinds it supports, with ``WHY_NOT`` saying why for the others), optionally
+    ``REGRESSION_DEFAULTS`` (hyperparameters that differ for regression, with their source), and
+    implement the abstract methods.
 
     Args:
         config: the learner's hyperparameters (an instance of ``Config``).
-        ways: N of the test episodes (sets the head size of classifier-based learners).
-        image_shape: ``(channels, height, width)`` of the images.
+        ways: N of the test episodes (sets the head size of classifier-based learners); for
+            regression, the number of outputs (1 for sinusoids).
+        image_shape: ``(channels, height, width)`` of the images, or ``(features,)`` for
+            regression: the rank decides :attr:`kind`.
         total_iterations: meta-training steps the run will take (for schedules).
         device: where parameters and computation live.
         seed: seeds the learner's own random draws (not the episodes, which the runner draws).
@@ -68,6 +80,9 @@ class MetaLearner(ABC):
     name: ClassVar[str]
     title: ClassVar[str]
     Config: ClassVar[type]
+    KINDS: ClassVar[tuple[str, ...]] = ("classification",)
+    WHY_NOT: ClassVar[str] = ""
+    REGRESSION_DEFAULTS: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -85,6 +100,9 @@ class MetaLearner(ABC):
         self.device = device
         self.seed = seed
         self.iteration = 0
+        self.kind = "regression" if len(image_shape) == 1 else "classification"
+        if self.kind not in self.KINDS:
+            raise ConfigError(f"{self.title} does not do {self.kind}: {self.WHY_NOT}")
 
     @property
     @abstractmethod
@@ -109,6 +127,29 @@ class MetaLearner(ABC):
 
         The meta-learned parameters are left unchanged.
         """
+
+    def predict_steps(self, episode: Episode, steps: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Query predictions after each number of test-time gradient steps in ``steps``, for
+        learners that adapt by gradient descent (regression tasks report the MSE after 1, 5 and
+        10 steps, as in Finn et al. 2017, Sec. 5.1 and Fig. 3).
+
+        Returns:
+            ``{s: outputs [Q, outputs]}`` for every ``s`` in ``steps``.
+
+        Raises:
+            NotImplementedError: for learners that do not adapt by gradient steps.
+        """
+        raise NotImplementedError(f"{self.title} does not adapt by gradient steps")
+
+    def finish_training(self, val_episodes: Sequence[Episode]) -> dict[str, Any]:
+        """Called once after meta-training with validation episodes; learners that choose a
+        test-time setting on validation data (the pretrained baseline's fine-tuning step size)
+        do it here.
+
+        Returns:
+            The settings chosen (empty for most learners), stored with the run's results.
+        """
+        return {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The meta-learned parameters (to save or to compare)."""

@@ -70,6 +70,7 @@ class ProtoNet(MetaLearner):
     title = "Prototypical Networks"
     name = "protonet"
     Config = ProtoNetConfig
+    WHY_NOT = "it classifies queries by their distance to class prototypes, and regression tasks have no classes"
 
     def __init__(self, config: ProtoNetConfig, ways, image_shape, total_iterations, device, seed) -> None:
         super().__init__(config, ways, image_shape, total_iterations, device, seed)

@@ -12,6 +12,14 @@ transductively (batch statistics of the query batch).
 
 The inner Adam state starts fresh for every task here; the authors' code keeps one Adam state
 across tasks. Training tasks contain ``train_shots`` examples per class and no query split.
+
+Regression (sinusoids): the settings of the authors' sine-wave demonstration (Nichol & Schulman,
+OpenAI blog "Reptile: A Scalable Meta-Learning Algorithm", 2018, and its script
+``reptile-sinewaves-demo.py``): plain SGD with step 0.02 on minibatches of 10 of a task's 50
+points (one epoch, i.e. 5 steps), one task per outer update, outer step size 0.1 annealed
+linearly to 0; the network is fine-tuned at test time by full-batch SGD on the K support points.
+The demonstration draws its 50 points on a fixed grid; here they are drawn uniformly like all
+sinusoid inputs (Finn et al. 2017, Sec. 5.1).
 """
 
 from __future__ import annotations
@@ -20,15 +28,17 @@ import copy
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from metabench.datasets.sampler import Episode
+from metabench.errors import ConfigError
 
-from .backbones import Conv4, accuracy, cross_entropy
+from .backbones import MLP, Conv4, accuracy, cross_entropy
+from .maml_core import mse
 from .protocol import EpisodeShape, MetaLearner, StepResult
 
 
@@ -37,7 +47,9 @@ class ReptileConfig:
     """Reptile hyperparameters; defaults are Nichol et al. (2018, App. A, Table 3) for Omniglot.
 
     Attributes:
-        inner_lr: inner-loop Adam learning rate (1e-3; Adam with beta1 = 0).
+        inner_lr: inner-loop learning rate (1e-3 for Adam with beta1 = 0).
+        inner_optimizer: ``"adam"`` (beta1 = 0, the paper's) or ``"sgd"`` (plain gradient steps,
+            the sine-wave demonstration's).
         train_inner_steps: inner iterations per training task (5).
         inner_batch: examples per inner minibatch during training (10).
         train_shots: examples per class in a training task (10).
@@ -45,12 +57,13 @@ class ReptileConfig:
         meta_step: initial outer step size epsilon (1.0), annealed linearly to ``meta_step_final``.
         meta_step_final: outer step size at the end of training (0).
         test_inner_steps: inner iterations on the support set at test time (50).
-        test_inner_batch: minibatch size at test time (5).
+        test_inner_batch: minibatch size at test time (5; for regression 100, i.e. full batch).
     """
 
     MINIMUMS: ClassVar[dict[str, float | int]] = {"inner_lr": 0.0, "train_inner_steps": 1, "inner_batch": 1, "train_shots": 1, "meta_batch": 1, "meta_step": 0.0, "meta_step_final": 0, "test_inner_steps": 0, "test_inner_batch": 1}
 
     inner_lr: float = 1e-3
+    inner_optimizer: str = "adam"
     train_inner_steps: int = 5
     inner_batch: int = 10
     train_shots: int = 10
@@ -79,16 +92,34 @@ def minibatches(n: int, batch: int, steps: int, rng: np.random.Generator) -> lis
 
 
 class Reptile(MetaLearner):
-    """Batched Reptile (Nichol et al. 2018, Alg. 2) on a Conv4 with a linear N-way head."""
+    """Batched Reptile (Nichol et al. 2018, Alg. 2) on a Conv4 with a linear N-way head, or
+    (regression) on the MLP 1-40-40-1 with the MSE loss.
+
+    Raises:
+        ConfigError: for an unknown ``inner_optimizer``.
+    """
 
     title = "Reptile"
     name = "reptile"
     Config = ReptileConfig
+    KINDS = ("classification", "regression")
+    REGRESSION_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "inner_optimizer": "sgd", "inner_lr": 0.02, "train_inner_steps": 5, "inner_batch": 10,
+        "train_shots": 50, "meta_batch": 1, "meta_step": 0.1, "meta_step_final": 0.0,
+        "test_inner_steps": 10, "test_inner_batch": 100,
+    }
 
     def __init__(self, config: ReptileConfig, ways, image_shape, total_iterations, device, seed) -> None:
         super().__init__(config, ways, image_shape, total_iterations, device, seed)
-        channels, height, _ = image_shape
-        self._model = Conv4(channels, height, n_outputs=ways).to(device)
+        if config.inner_optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"unknown inner optimizer {config.inner_optimizer!r} for reptile: use --set reptile.inner_optimizer=adam|sgd")
+        if self.kind == "regression":
+            self._model = MLP((image_shape[0], 40, 40, ways)).to(device)
+            self._loss = mse
+        else:
+            channels, height, _ = image_shape
+            self._model = Conv4(channels, height, n_outputs=ways).to(device)
+            self._loss = cross_entropy
         self._fast = copy.deepcopy(self._model)
         self._rng = np.random.default_rng(seed)
 
@@ -100,31 +131,46 @@ class Reptile(MetaLearner):
         return EpisodeShape(ways, self.config.train_shots, 0, self.config.meta_batch)
 
     def _fine_tune(
-        self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, rng: np.random.Generator
-    ) -> tuple[float, float]:
-        """Copy theta into the fast network and run the inner Adam loop on ``(x, y)``.
+        self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, rng: np.random.Generator,
+        query_x: torch.Tensor | None = None, record: Sequence[int] = (),
+    ) -> tuple[float, float, dict[int, torch.Tensor]]:
+        """Copy theta into the fast network and run the inner loop (Adam with beta1 = 0, or SGD)
+        on ``(x, y)``.
 
         Args:
-            x: task examples ``[M, C, H, W]``; y: labels ``[M]``.
+            x: task examples ``[M, C, H, W]`` or ``[M, features]``; y: labels ``[M]`` or targets
+                ``[M, outputs]``.
             steps: inner iterations; batch: examples per minibatch; rng: draws the minibatches.
+            query_x, record: if given, the fast network's outputs on ``query_x`` after each
+                number of steps in ``record`` (0 = before any step) are returned.
 
-        Returns the mean loss (nats) and accuracy (fraction) over the inner minibatches.
+        Returns the mean loss (nats or squared units) and accuracy (fraction; NaN for
+        regression) over the inner minibatches, and ``{step: query outputs}``.
         """
         with torch.no_grad():
             for p_fast, p in zip(self._fast.parameters(), self._model.parameters()):
                 p_fast.copy_(p)
-        opt = torch.optim.Adam(self._fast.parameters(), lr=self.config.inner_lr, betas=(0.0, 0.999))
-        losses, accs = [], []
-        for idx in minibatches(x.shape[0], batch, steps, rng):
+        if self.config.inner_optimizer == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(self._fast.parameters(), lr=self.config.inner_lr)
+        else:
+            opt = torch.optim.Adam(self._fast.parameters(), lr=self.config.inner_lr, betas=(0.0, 0.999))
+        losses, accs, outputs = [], [], {}
+        for step, idx in enumerate(minibatches(x.shape[0], batch, steps, rng)):
+            if step in record:
+                with torch.no_grad():
+                    outputs[step] = self._fast(query_x)
             idx_t = torch.from_numpy(idx).to(x.device)
-            logits = self._fast(x[idx_t])
-            loss = cross_entropy(logits, y[idx_t])
+            out = self._fast(x[idx_t])
+            loss = self._loss(out, y[idx_t])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(loss.item())
-            accs.append(accuracy(logits.detach(), y[idx_t]))
-        return float(np.mean(losses)), float(np.mean(accs))
+            accs.append(accuracy(out.detach(), y[idx_t]) if self.kind == "classification" else float("nan"))
+        if steps in record:
+            with torch.no_grad():
+                outputs[steps] = self._fast(query_x)
+        return float(np.mean(losses)) if losses else float("nan"), float(np.mean(accs)) if accs else float("nan"), outputs
 
     def meta_step_size(self) -> float:
         """epsilon at the current iteration: linear from ``meta_step`` to ``meta_step_final``."""
@@ -137,7 +183,7 @@ class Reptile(MetaLearner):
         delta = [torch.zeros_like(p) for p in self._model.parameters()]
         losses, accs = [], []
         for ep in episodes:
-            loss, acc = self._fine_tune(ep.support_x, ep.support_y, cfg.train_inner_steps, cfg.inner_batch, self._rng)
+            loss, acc, _ = self._fine_tune(ep.support_x, ep.support_y, cfg.train_inner_steps, cfg.inner_batch, self._rng)
             losses.append(loss)
             accs.append(acc)
             with torch.no_grad():
@@ -150,15 +196,22 @@ class Reptile(MetaLearner):
         self.iteration += 1
         return StepResult(float(np.mean(losses)), float(np.mean(accs)))
 
-    def predict(self, episode: Episode) -> torch.Tensor:
+    def _episode_rng(self, episode: Episode) -> np.random.Generator:
         # The minibatch order depends only on the seed and the episode, not on how often predict
         # ran before, so validation does not perturb training and repeated calls agree.
         digest = hashlib.sha256(episode.index.key()).digest()
-        rng = np.random.default_rng([self.seed, int.from_bytes(digest[:8], "little")])
+        return np.random.default_rng([self.seed, int.from_bytes(digest[:8], "little")])
+
+    def predict(self, episode: Episode) -> torch.Tensor:
+        steps = self.config.test_inner_steps
+        return self.predict_steps(episode, [steps])[steps]
+
+    def predict_steps(self, episode: Episode, steps: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Query outputs after each number of test-time inner iterations in ``steps``
+        (minibatches of ``test_inner_batch`` support examples; full batch for regression)."""
         with torch.enable_grad():
-            self._fine_tune(
-                episode.support_x, episode.support_y, self.config.test_inner_steps,
-                self.config.test_inner_batch, rng,
+            _, _, outputs = self._fine_tune(
+                episode.support_x, episode.support_y, max(steps), self.config.test_inner_batch,
+                self._episode_rng(episode), episode.query_x, steps,
             )
-        with torch.no_grad():
-            return self._fast(episode.query_x)
+        return outputs

@@ -4,8 +4,9 @@
 and print its summary table. ``metabench time``: time one meta-training step per learner and
 implementation (:mod:`metabench.timing`), write a timing directory and print its table.
 ``metabench report``: tables, paired statistics and figures from run and timing directories
-(:mod:`metabench.report`). Errors are printed as one line, ``metabench: error: ...``, with exit
-status 2.
+(:mod:`metabench.report`). ``metabench data list|download|verify``: the datasets, where their
+files are, fetching and checking them (:mod:`metabench.data`). Errors are printed as one line,
+``metabench: error: ...``, with exit status 2.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from metabench import __version__
+from metabench import __version__, data
 from metabench.algorithms import LEARNERS
 from metabench.config import BUDGETS, load_toml, resolve
 from metabench.datasets import DATASETS
@@ -51,12 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train each learner, test all of them on the same episodes, write a run directory, print the summary.",
     )
     run.add_argument("--config", help="TOML file with any of the options below (flags override it)")
-    run.add_argument("--dataset", help=f"dataset: {', '.join(DATASETS)} (default omniglot)")
-    run.add_argument("--split", help="class split: " + "; ".join(f"{d}: {', '.join(s)}" for d, s in DATASETS.items()) + " (default vinyals)")
-    run.add_argument("--ways", type=int, help="N classes per test episode (default 5)")
-    run.add_argument("--shots", type=int, help="K support examples per class (default 1)")
-    run.add_argument("--queries", type=int, help="Q query examples per class (default 15)")
-    run.add_argument("--learners", help=f"comma-separated learners (default all: {','.join(LEARNERS)})")
+    run.add_argument("--dataset", help=f"dataset to meta-train on: {', '.join(DATASETS)} (default omniglot)")
+    run.add_argument("--split", help="class split: " + "; ".join(f"{d}: {', '.join(info.splits)}" for d, info in DATASETS.items())
+                     + " (default: the first listed)")
+    run.add_argument("--test-dataset", help="cross-domain: take the test episodes from this dataset's test split "
+                                            "(default: --dataset), e.g. --dataset omniglot --test-dataset digits")
+    run.add_argument("--test-split", help="split of --test-dataset (default: its first)")
+    run.add_argument("--ways", type=int, help="N classes per test episode (default 5; none for sinusoid regression)")
+    run.add_argument("--shots", type=int, help="K support examples per class (default 1; sinusoid: K points, default 10)")
+    run.add_argument("--queries", type=int, help="Q query examples per class (default 15; sinusoid: query points, default 100)")
+    run.add_argument("--learners", help=f"comma-separated learners: {','.join(LEARNERS)} (default: all defined for the "
+                                        "dataset; learners not defined for it are reported, not run)")
     run.add_argument("--budget", choices=list(BUDGETS), help="training budget preset (default quick)")
     run.add_argument("--iterations", type=int, help="meta-iterations for every learner (overrides the budget)")
     run.add_argument("--test-episodes", type=int, help="test episodes shared by all learners (default 600)")
@@ -65,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", help="comma-separated training seeds, one run of every learner per seed (default 0)")
     run.add_argument("--episode-seed", type=int, help="seed of the shared test/validation episodes (default 0)")
     run.add_argument("--device", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
-    run.add_argument("--data-root", help="folder holding omniglot/ and splits/ (default $METABENCH_DATA, then the user cache)")
-    run.add_argument("--image-size", type=int, help="side of the square images in pixels (default 28 for Omniglot)")
+    run.add_argument("--data-root", help="data root holding omniglot/, miniimagenet/, cifar100/ and splits/ "
+                                         "(default $METABENCH_DATA, then the user cache; see `metabench data list`)")
+    run.add_argument("--image-size", type=int, help="side of the square images in pixels (default: the dataset's, 28 for Omniglot)")
     run.add_argument("--workers", type=int, help="processes for the test evaluation (default 0: one per CPU thread on CPU, one on CUDA)")
     run.add_argument("--no-download", dest="download", action="store_false", default=None,
                      help="fail instead of downloading missing data")
@@ -107,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("dirs", nargs="+", metavar="RUN_DIR", help="run or timing directory (any number, any mix)")
     r.add_argument("--out", help="report folder to create (default: report)")
     r.add_argument("--force", action="store_true", help="replace --out if it is an existing metabench report")
+
+    d = sub.add_parser(
+        "data", help="list, download and verify datasets",
+        description="List every dataset and where its files are, download a dataset, or verify its checksums and structure.",
+    )
+    data.add_arguments(d)
     return parser
 
 
@@ -156,7 +169,7 @@ def _time(args: argparse.Namespace) -> None:
 def run_values(args: argparse.Namespace) -> dict[str, Any]:
     """Merge the TOML file (if any) with the flags given on the command line (flags win)."""
     values: dict[str, Any] = load_toml(args.config) if args.config else {}
-    for key in ("dataset", "split", "ways", "shots", "queries", "learners", "budget", "iterations",
+    for key in ("dataset", "split", "test_dataset", "test_split", "ways", "shots", "queries", "learners", "budget", "iterations",
                 "test_episodes", "val_episodes", "curve_points", "seeds", "episode_seed", "device",
                 "data_root", "download", "out", "image_size", "workers"):
         value = getattr(args, key)
@@ -197,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             out = report(args.dirs, Path(args.out) if args.out else None, force=args.force)
             print(f"report: {out / 'index.md'}")
+        elif args.command == "data":
+            data.main(args)
         return 0
     except MetabenchError as exc:
         print(f"metabench: error: {exc}", file=sys.stderr)

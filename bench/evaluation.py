@@ -12,7 +12,29 @@ from tqdm.auto import tqdm
 
 from metabench.algorithms import MetaLearner
 from metabench.algorithms.backbones import accuracy, cross_entropy
-from metabench.datasets.sampler import EpisodeSampler
+from metabench.algorithms.maml_core import mse
+from metabench.datasets.sampler import Episode, EpisodeSampler
+from metabench.datasets.sinusoid import SinusoidSampler
+
+#: Test-time gradient steps after which regression tasks are scored: Finn et al. (2017) report
+#: the MSE after 1 and 10 steps (Sec. 5.1, Fig. 2-3); 0 is the meta-learned initialisation.
+REGRESSION_STEPS = (0, 1, 5, 10)
+
+
+def score_episode(learner: MetaLearner, ep: Episode) -> dict[str, float]:
+    """Score one episode already on the learner's device.
+
+    Returns:
+        Classification: ``accuracy`` (percent of query examples classified correctly) and
+        ``loss`` (query cross-entropy, nats). Regression: ``mse_<s>``, the query mean squared
+        error (squared units of y) after ``s`` test-time gradient steps, for each ``s`` in
+        :data:`REGRESSION_STEPS`.
+    """
+    if learner.kind == "regression":
+        outputs = learner.predict_steps(ep, REGRESSION_STEPS)
+        return {f"mse_{s}": mse(outputs[s], ep.query_y).item() for s in REGRESSION_STEPS}
+    logits = learner.predict(ep)
+    return {"accuracy": 100.0 * accuracy(logits, ep.query_y), "loss": cross_entropy(logits, ep.query_y).item()}
 
 
 def synchronize(device: torch.device) -> None:
@@ -21,22 +43,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def score(learner: MetaLearner, sampler: EpisodeSampler, indices: range) -> list[dict]:
+def score(learner: MetaLearner, sampler: EpisodeSampler | SinusoidSampler, indices: range) -> list[dict]:
     """Adapt ``learner`` to each episode in ``indices`` and score its query predictions.
 
-    Returns one dict per episode: ``episode``, ``accuracy`` (percent of query examples classified
-    correctly), ``loss`` (query cross-entropy, nats).
+    Returns one dict per episode: ``episode`` and the scores of :func:`score_episode`.
     """
-    rows = []
-    for i in indices:
-        ep = sampler.episode(i).to(learner.device)
-        logits = learner.predict(ep)
-        rows.append({
-            "episode": i,
-            "accuracy": 100.0 * accuracy(logits, ep.query_y),
-            "loss": cross_entropy(logits, ep.query_y).item(),
-        })
-    return rows
+    return [{"episode": i, **score_episode(learner, sampler.episode(i).to(learner.device))} for i in indices]
 
 
 _WORKER: dict = {}
@@ -72,7 +84,7 @@ def default_workers(device: torch.device) -> int:
 
 def evaluate(
     learner: MetaLearner,
-    sampler: EpisodeSampler,
+    sampler: EpisodeSampler | SinusoidSampler,
     count: int,
     desc: str | None = None,
     workers: int = 1,
@@ -91,9 +103,10 @@ def evaluate(
             whatever ``workers`` is.
 
     Returns:
-        ``(rows, seconds)``: one dict per episode in order, with ``episode``, ``accuracy``
-        (percent) and ``loss`` (nats), and the wall-clock seconds of the whole evaluation
-        (episode construction and worker start-up included).
+        ``(rows, seconds)``: one dict per episode in order, with ``episode`` and the scores of
+        :func:`score_episode` (``accuracy`` in percent and ``loss`` in nats, or ``mse_<steps>``),
+        and the wall-clock seconds of the whole evaluation (episode construction and worker
+        start-up included).
     """
     device = learner.device
     synchronize(device)

@@ -190,7 +190,14 @@ def read_run(path: Path) -> AccuracyRun:
             raise ReportError(f"{path / 'config.json'} lacks {key!r}: rerun `metabench run` for this directory")
     if not meta.get("fingerprint"):
         raise ReportError(f"{path / 'run.json'} lacks the episode fingerprint: rerun `metabench run` for this directory")
-    setting = Setting(str(config["dataset"]), str(config["split"]), int(config["ways"]), int(config["shots"]))
+    if config.get("kind") == "regression":
+        raise ReportError(f"{path} is a regression run ({config['dataset']}): reports cover classification runs only so far; "
+                          "its summary.md and summary.csv hold its table")
+    dataset, split = str(config["dataset"]), str(config["split"])
+    if (config.get("test_dataset", dataset), config.get("test_split", split)) != (dataset, split):
+        # cross-domain: ASCII, because Setting.short names files
+        dataset, split = f"{dataset}-to-{config['test_dataset']}", f"{split}-to-{config['test_split']}"
+    setting = Setting(dataset, split, int(config["ways"]), int(config["shots"]))
     episodes = _read_csv(path / "episodes.csv", EPISODE_COLUMNS, ("seed", "episode", "accuracy"))
     episodes["learner"] = episodes["learner"].astype(str)
     if episodes["accuracy"].isna().any():

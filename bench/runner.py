@@ -5,12 +5,18 @@ failed run leaves nothing half-written):
 
 ``config.json``       the resolved :class:`~metabench.config.RunConfig`
 ``environment.json``  Python / torch versions, CPU / GPU name, git commit
-``episodes.csv``      one row per seed x learner x test episode: accuracy (%), loss (nats)
-``curves.csv``        training curve: train loss / accuracy and validation accuracy vs
-                      meta-iteration and training wall-clock seconds
-``summary.csv``       per learner: mean accuracy (%), 95% CI, meta-train seconds, test ms / episode
+``episodes.csv``      one row per seed x learner x test episode: accuracy (%), loss (nats);
+                      for regression the query MSE after 0, 1, 5 and 10 test-time steps
+``curves.csv``        training curve: train loss / accuracy and validation accuracy (regression:
+                      validation MSE after 10 steps) vs meta-iteration and training seconds
+``summary.csv``       per learner: mean accuracy (%) or MSE, 95% CI, meta-train seconds, test ms / episode
 ``summary.md``        the same as a Markdown table with the run's settings
-``run.json``          episode fingerprint, wall time, start and end timestamps
+``run.json``          episode fingerprint, wall time, start and end timestamps, settings chosen
+                      on validation data (``tuned``) and learners not run (``skipped``)
+
+Image datasets give N-way K-shot episodes (:class:`~metabench.datasets.sampler.EpisodeSampler`);
+regression datasets (sinusoid) give K-shot tasks
+(:class:`~metabench.datasets.sinusoid.SinusoidSampler`); the rest of the run is the same.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,13 +37,15 @@ from tqdm.auto import tqdm
 
 from metabench import __version__
 from metabench.algorithms import LEARNERS, MetaLearner, build_learner, learner_config
-from metabench.config import BUDGETS, RunConfig
-from metabench.datasets import load_split
+from metabench.config import RunConfig, budget_for
+from metabench.datasets import DATASETS, load_split
+from metabench.datasets import sinusoid as sinusoid_tasks
 from metabench.datasets.base import Split
 from metabench.datasets.sampler import EpisodeSampler, fingerprint
+from metabench.datasets.sinusoid import SinusoidSampler
 from metabench.environment import environment
 from metabench.errors import ConfigError
-from metabench.evaluation import default_workers, evaluate, synchronize
+from metabench.evaluation import REGRESSION_STEPS, default_workers, evaluate, synchronize
 from metabench.outdir import check_writable, write_atomically
 from metabench.statistics import mean_ci95
 
@@ -68,34 +78,62 @@ def default_out(config: RunConfig) -> Path:
     return Path("runs") / f"{stamp}-{config.dataset}-{config.split}-{config.ways}w{config.shots}s"
 
 
+Sampler = EpisodeSampler | SinusoidSampler
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Validation during training: ``episodes`` episodes of ``sampler``, scored like test ones.
+
+    Classification reports ``val_accuracy`` and ``val_ci95`` (percent); regression reports
+    ``val_mse`` and ``val_mse_ci95``, the query MSE after the last of
+    :data:`~metabench.evaluation.REGRESSION_STEPS` test-time steps.
+    """
+
+    sampler: Sampler
+    episodes: int
+    kind: str
+
+    @property
+    def columns(self) -> tuple[str, str]:
+        """The two curve columns it fills."""
+        return ("val_mse", "val_mse_ci95") if self.kind == "regression" else ("val_accuracy", "val_ci95")
+
+    def __call__(self, learner: MetaLearner) -> dict[str, float]:
+        rows, _ = evaluate(learner, self.sampler, self.episodes)
+        key = f"mse_{REGRESSION_STEPS[-1]}" if self.kind == "regression" else "accuracy"
+        return dict(zip(self.columns, mean_ci95([r[key] for r in rows])))
+
+
 def train(
     learner: MetaLearner,
-    sampler: EpisodeSampler,
+    sampler: Sampler,
     meta_batch: int,
     iterations: int,
-    val_sampler: EpisodeSampler | None,
-    val_episodes: int,
+    validation: Validation | None,
     curve_points: int,
     desc: str | None,
 ) -> tuple[list[dict], float]:
     """Meta-train ``learner`` for ``iterations`` steps of ``meta_batch`` episodes each.
 
     Step ``i`` uses episodes ``i*meta_batch .. (i+1)*meta_batch - 1`` of ``sampler``, so learners
-    with the same training episode shape and seed see the same tasks. Validation accuracy (on
-    ``val_episodes`` episodes of ``val_sampler``) is measured at ``curve_points`` evenly spaced
-    iterations, the last one at the end of training.
+    with the same training episode shape and seed see the same tasks. ``validation`` (if given
+    and it has episodes) runs at ``curve_points`` evenly spaced iterations, the last one at the
+    end of training.
 
     Returns:
         ``(curve, seconds)``: curve rows (``iteration``, ``train_seconds``, ``train_loss``,
-        ``train_accuracy`` in percent averaged since the previous row, ``val_accuracy`` and
-        ``val_ci95`` in percent or NaN) and the training wall-clock seconds: the time spent in
-        ``meta_train_step`` and in moving episodes to the device, excluding episode construction
-        (shared data pipeline, not the learner's cost) and validation.
+        ``train_accuracy`` in percent averaged since the previous row (classification only),
+        and the two validation columns of :class:`Validation`, NaN between validations) and the
+        training wall-clock seconds: the time spent in ``meta_train_step`` and in moving episodes
+        to the device, excluding episode construction (shared data pipeline, not the learner's
+        cost) and validation.
     """
     device = learner.device
     val_at = set()
-    if val_sampler is not None and val_episodes > 0 and curve_points > 0:
+    if validation is not None and validation.episodes > 0 and curve_points > 0:
         val_at = {round(x) for x in np.linspace(0, iterations, curve_points + 1)[1:]}
+    val_columns = validation.columns if validation is not None else ("val_accuracy", "val_ci95")
     log_every = max(1, iterations // 100)
     curve, window_loss, window_acc = [], [], []
     seconds = 0.0
@@ -112,19 +150,15 @@ def train(
         window_acc.append(result.accuracy)
         step = i + 1
         if step % log_every == 0 or step in val_at or step == iterations:
-            row = {
-                "iteration": step,
-                "train_seconds": seconds,
-                "train_loss": float(np.mean(window_loss)),
-                "train_accuracy": 100.0 * float(np.mean(window_acc)),
-                "val_accuracy": float("nan"),
-                "val_ci95": float("nan"),
-            }
+            row = {"iteration": step, "train_seconds": seconds, "train_loss": float(np.mean(window_loss))}
+            if learner.kind == "classification":
+                row["train_accuracy"] = 100.0 * float(np.mean(window_acc))
+            row.update(dict.fromkeys(val_columns, float("nan")))
             window_loss, window_acc = [], []
             if step in val_at:
-                rows, _ = evaluate(learner, val_sampler, val_episodes)
-                row["val_accuracy"], row["val_ci95"] = mean_ci95([r["accuracy"] for r in rows])
-                bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{row['val_accuracy']:.1f}%")
+                row.update(validation(learner))
+                shown = f"{row['val_accuracy']:.1f}%" if learner.kind == "classification" else f"{row['val_mse']:.3f}"
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=shown)
             curve.append(row)
     return curve, seconds
 
@@ -169,6 +203,69 @@ def summarize(episodes: pd.DataFrame, timings: pd.DataFrame, learners: tuple[str
     return pd.DataFrame(rows)
 
 
+def summarize_regression(episodes: pd.DataFrame, timings: pd.DataFrame, learners: tuple[str, ...]) -> pd.DataFrame:
+    """Per-learner summary of a regression run: the mean query MSE after each number of
+    test-time steps with its 95% CI over test tasks, and timings.
+
+    Seeds are averaged per task first, as in :func:`summarize`.
+
+    Args:
+        episodes: rows ``seed, learner, episode, mse_<s>`` for ``s`` in
+            :data:`~metabench.evaluation.REGRESSION_STEPS` (squared units of y).
+        timings: as for :func:`summarize`.
+        learners: the learners in table order.
+
+    Returns:
+        One row per learner: ``learner, name``, then for every ``s``: ``mse_<s>, ci95_<s>``
+        (NaN when a task's MSE is not finite), ``median_<s>`` over the tasks and
+        ``diverged_<s>``, the number of tasks whose MSE is not finite (fine-tuning diverged);
+        then ``episodes, seeds, seed_std_<last s>`` (NaN for one seed), ``meta_iterations,
+        meta_train_s, test_ms_per_episode``.
+    """
+    rows = []
+    last = REGRESSION_STEPS[-1]
+    for name in learners:
+        mine = episodes[episodes["learner"] == name]
+        t = timings[timings["learner"] == name]
+        row = {"learner": name, "name": LEARNERS[name].title}
+        for steps in REGRESSION_STEPS:
+            per_task = mine.groupby("episode")[f"mse_{steps}"].mean()
+            row[f"mse_{steps}"], row[f"ci95_{steps}"] = mean_ci95(per_task)
+            row[f"median_{steps}"] = float(per_task.fillna(np.inf).median())  # a diverged task counts as worst
+            row[f"diverged_{steps}"] = int((~np.isfinite(per_task)).sum())
+        per_seed = mine.groupby("seed")[f"mse_{last}"].mean()
+        row.update({
+            "episodes": int(mine["episode"].nunique()),
+            "seeds": int(per_seed.size),
+            f"seed_std_{last}": float(per_seed.std(ddof=1)) if per_seed.size > 1 else float("nan"),
+            "meta_iterations": int(t["meta_iterations"].iloc[0]),
+            "meta_train_s": float(t["meta_train_seconds"].mean()),
+            "test_ms_per_episode": float(1000 * t["test_seconds"].sum() / t["test_episodes"].sum()),
+        })
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def regression_markdown_table(summary: pd.DataFrame) -> str:
+    """A regression summary as a Markdown table (query MSE as ``mean ± CI`` after each number of
+    test-time gradient steps; "diverged on n of N tasks" where a task's MSE is not finite, since
+    a mean with one overflow says nothing about the others)."""
+    steps = [f"{s} step{'s' if s != 1 else ''}" for s in REGRESSION_STEPS]
+    lines = [
+        "| Learner | " + " | ".join(f"MSE, {s}" for s in steps) + " | Meta-iterations | Meta-train time (s) |",
+        "|---|" + "---:|" * len(steps) + "---:|---:|",
+    ]
+    def cell(r: dict, s: int) -> str:
+        if r[f"diverged_{s}"]:
+            return f"diverged on {r[f'diverged_{s}']} of {r['episodes']} tasks"
+        return f"{r[f'mse_{s}']:.3g} ± {r[f'ci95_{s}']:.2g}" if r[f"mse_{s}"] >= 1000 else f"{r[f'mse_{s}']:.3f} ± {r[f'ci95_{s}']:.3f}"
+
+    for r in summary.to_dict("records"):
+        cells = " | ".join(cell(r, s) for s in REGRESSION_STEPS)
+        lines.append(f"| {r['name']} | {cells} | {r['meta_iterations']} | {r['meta_train_s']:.1f} |")
+    return "\n".join(lines)
+
+
 def markdown_table(summary: pd.DataFrame) -> str:
     """The summary as a Markdown table (accuracy as ``mean ± CI`` in percent)."""
     lines = [
@@ -186,14 +283,34 @@ def markdown_table(summary: pd.DataFrame) -> str:
 def summary_markdown(config: RunConfig, summary: pd.DataFrame, meta: dict[str, Any], env: dict[str, Any]) -> str:
     """``summary.md``: the table with the settings needed to read it."""
     hardware = env["gpu"] or f"{env['cpu']} ({env['torch_threads']} threads)"
+    common = (
+        f"shared by all learners x {len(config.seeds)} seed(s), ± the 95% confidence interval "
+        f"1.96·s/√n over {'tasks' if DATASETS[config.dataset].kind == 'regression' else 'episodes'}. "
+        f"Budget `{config.budget}`, device {env['device']} ({hardware}), torch {env['torch']}. "
+        f"Run wall time {meta['wall_seconds'] / 60:.1f} min. Episode fingerprint `{meta['fingerprint'][:16]}`."
+    )
+    skipped = "".join(f"\n\nNot run: {reason}." for reason in config.skipped.values())
+    if DATASETS[config.dataset].kind == "regression":
+        tuned = "".join(
+            f" {LEARNERS[name].title}: fine-tuning step size {by_seed[0]['test_lr']:g}, chosen on the validation tasks."
+            for name, by_seed in meta.get("tuned", {}).items() if by_seed and "test_lr" in by_seed[0]
+        )
+        return (
+            f"# {config.dataset} ({config.split}), K = {config.shots}\n\n"
+            f"{regression_markdown_table(summary)}\n\n"
+            f"Mean query MSE after 0, 1, 5 and 10 test-time gradient steps on the K = {config.shots} support "
+            f"points, over {config.test_episodes} test tasks ({config.queries} query points each) {common} A cell "
+            f"reads \"diverged\" where fine-tuning overflowed on some tasks (MSE not finite); summary.csv also "
+            f"has the median over tasks.{tuned}{skipped}\n"
+        )
+    where = f"{config.dataset} ({config.split} split)"
+    if (config.test_dataset, config.test_split) != (config.dataset, config.split):
+        where = f"{config.dataset} ({config.split} split) → {config.test_dataset} ({config.test_split} split)"
     return (
-        f"# {config.dataset} ({config.split} split), {config.ways}-way {config.shots}-shot\n\n"
+        f"# {where}, {config.ways}-way {config.shots}-shot\n\n"
         f"{markdown_table(summary)}\n\n"
         f"Mean accuracy over {config.test_episodes} test episodes ({config.queries} queries per class) "
-        f"shared by all learners x {len(config.seeds)} seed(s), ± the 95% confidence interval "
-        f"1.96·s/√n over episodes. Budget `{config.budget}`, device {env['device']} ({hardware}), "
-        f"torch {env['torch']}. Run wall time {meta['wall_seconds'] / 60:.1f} min. "
-        f"Episode fingerprint `{meta['fingerprint'][:16]}`.\n"
+        f"{common}{skipped}\n"
     )
 
 
@@ -215,38 +332,40 @@ def run(config: RunConfig, progress: bool = True) -> Path:
     started = datetime.now(timezone.utc)
     wall_start = time.perf_counter()
     device = resolve_device(config.device)
+    kind = DATASETS[config.dataset].kind
     out = Path(config.out) if config.out else default_out(config)
     check_writable(out)
-    split = load_split(config.dataset, config.split, config.data_root, config.image_size, config.download)
-    test_sampler, val_sampler = _eval_samplers(config, split)
-    image_shape = split.train.dataset.image_shape
-    iterations = {name: config.iterations.get(name) or BUDGETS[config.budget].iterations[name] for name in config.learners}
+    data = _data(config)
+    iterations = {name: config.iterations.get(name) or budget_for(config.budget, kind).iterations[name] for name in config.learners}
     shapes, plans = {}, {}
     for name in config.learners:  # check every training episode shape now, before any training
-        learner_cfg = learner_config(name, config.hparams.get(name))
-        shape = LEARNERS[name](learner_cfg, config.ways, image_shape, 1, torch.device("cpu"), 0).train_shape(
+        learner_cfg = learner_config(name, config.hparams.get(name), kind)
+        shape = LEARNERS[name](learner_cfg, config.ways, data.input_shape, 1, torch.device("cpu"), 0).train_shape(
             config.ways, config.shots, config.queries)
-        EpisodeSampler(split.train, shape.ways, shape.shots, shape.queries, 0, stream="train",
-                       description=f"train split of {config.dataset}/{config.split} (training episodes of {name}: "
-                                   f"{shape.ways}-way {shape.shots}-shot {shape.queries} queries)")
+        data.train_sampler(shape, 0, f"(training episodes of {name}: {shape.ways}-way {shape.shots}-shot {shape.queries} queries)")
         shapes[name] = shape
         plans[name] = {"hyperparameters": dataclasses.asdict(learner_cfg), "train_episodes": dataclasses.asdict(shape)}
-    test_ids = [test_sampler.index(i) for i in range(config.test_episodes)]
+    test_ids = [data.test.index(i) for i in range(config.test_episodes)]
     workers = config.workers or default_workers(device)
     note = (lambda text: tqdm.write(text)) if progress else (lambda text: None)
+    validation = Validation(data.val, config.val_episodes, kind) if data.val is not None else None
 
     episode_rows, curve_rows, timing_rows = [], [], []
+    tuned: dict[str, list[dict[str, Any]]] = {}
     for seed in config.seeds:
         for name in config.learners:
-            learner = build_learner(name, config.ways, image_shape, iterations[name], device, seed, config.hparams.get(name))
+            learner = build_learner(name, config.ways, data.input_shape, iterations[name], device, seed, config.hparams.get(name))
             shape = shapes[name]
-            sampler = EpisodeSampler(split.train, shape.ways, shape.shots, shape.queries, seed, stream="train")
             label = f"{name} seed {seed}" if progress else None
             curve, train_s = train(
-                learner, sampler, shape.meta_batch, iterations[name], val_sampler,
-                config.val_episodes, config.curve_points, f"train {label}" if label else None,
+                learner, data.train_sampler(shape, seed), shape.meta_batch, iterations[name], validation,
+                config.curve_points, f"train {label}" if label else None,
             )
-            rows, test_s = evaluate(learner, test_sampler, config.test_episodes, f"test  {label}" if label else None,
+            val_episodes = data.val.episodes(0, config.val_episodes) if data.val is not None else []
+            chosen = learner.finish_training([ep.to(device) for ep in val_episodes])
+            if chosen:
+                tuned.setdefault(name, []).append({"seed": seed, **chosen})
+            rows, test_s = evaluate(learner, data.test, config.test_episodes, f"test  {label}" if label else None,
                                     workers=workers)
             episode_rows += [{"seed": seed, "learner": name, **r} for r in rows]
             curve_rows += [{"seed": seed, "learner": name, **r} for r in curve]
@@ -254,22 +373,30 @@ def run(config: RunConfig, progress: bool = True) -> Path:
                 "seed": seed, "learner": name, "meta_iterations": iterations[name],
                 "meta_train_seconds": train_s, "test_seconds": test_s, "test_episodes": config.test_episodes,
             })
-            acc = np.mean([r["accuracy"] for r in rows])
-            note(f"{name} seed {seed}: {acc:.2f}% after {iterations[name]} meta-iterations ({train_s:.0f} s)")
+            if kind == "regression":
+                last = REGRESSION_STEPS[-1]
+                note(f"{name} seed {seed}: MSE {np.mean([r[f'mse_{last}'] for r in rows]):.3f} after {last} steps, "
+                     f"{iterations[name]} meta-iterations ({train_s:.0f} s)")
+            else:
+                note(f"{name} seed {seed}: {np.mean([r['accuracy'] for r in rows]):.2f}% after {iterations[name]} "
+                     f"meta-iterations ({train_s:.0f} s)")
 
     episodes = pd.DataFrame(episode_rows)
-    summary = summarize(episodes, pd.DataFrame(timing_rows), config.learners)
+    timings = pd.DataFrame(timing_rows)
+    summary = (summarize_regression if kind == "regression" else summarize)(episodes, timings, config.learners)
     env = environment(device)
     meta = {
         "metabench": __version__,
-        "fingerprint": fingerprint(split.test, test_ids),
-        "test_pool": f"{config.dataset}/{config.split}/test",
+        "fingerprint": data.fingerprint(test_ids),
+        "test_pool": f"{config.test_dataset}/{config.test_split}/test",
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - wall_start,
+        "tuned": tuned,
+        "skipped": dict(config.skipped),
     }
-    resolved = {**config.to_dict(), "iterations": iterations, "workers": workers, "out": str(out), "device_resolved": str(device),
-                "learner_settings": plans}
+    resolved = {**config.to_dict(), "kind": kind, "iterations": iterations, "workers": workers, "out": str(out),
+                "device_resolved": str(device), "learner_settings": plans}
 
     def write(folder: Path) -> None:
         _write_json(folder / "config.json", resolved)
@@ -284,17 +411,62 @@ def run(config: RunConfig, progress: bool = True) -> Path:
     return out
 
 
-def _eval_samplers(config: RunConfig, split: Split) -> tuple[EpisodeSampler, EpisodeSampler | None]:
-    """The shared test sampler and (if the split has validation classes) the validation sampler."""
+@dataclass(frozen=True)
+class _Data:
+    """Where a run's episodes come from.
+
+    Attributes:
+        input_shape: ``(channels, H, W)`` of images, or ``(1,)`` for sinusoid inputs.
+        test, val: the shared test sampler and the validation sampler (None without validation
+            classes).
+        train_sampler: ``(shape, seed, what) -> sampler`` of training episodes; ``what`` names them
+            in error messages. Raises ConfigError if the shape does not fit the training data.
+        fingerprint: ``(test indices) -> sha256`` identifying the test episodes.
+    """
+
+    input_shape: tuple[int, ...]
+    test: Sampler
+    val: Sampler | None
+    train_sampler: Callable[..., Sampler]
+    fingerprint: Callable[[list], str]
+
+
+def _data(config: RunConfig) -> _Data:
+    """The samplers of a run: sinusoid tasks, or episodes of the (train and test) image splits."""
+    if DATASETS[config.dataset].kind == "regression":
+        return _Data(
+            input_shape=(1,),
+            test=SinusoidSampler(config.shots, config.queries, config.episode_seed, "test"),
+            val=SinusoidSampler(config.shots, config.queries, config.episode_seed, "val") if config.val_episodes > 0 else None,
+            train_sampler=lambda shape, seed, what="": SinusoidSampler(shape.shots, shape.queries, seed, "train"),
+            fingerprint=sinusoid_tasks.fingerprint,
+        )
+    split = load_split(config.dataset, config.split, config.data_root, config.image_size, config.download)
+    test_split = split
+    if (config.test_dataset, config.test_split) != (config.dataset, config.split):
+        test_split = load_split(config.test_dataset, config.test_split, config.data_root, config.image_size, config.download)
+    test, val = _eval_samplers(config, split, test_split)
     where = f"{config.dataset}/{config.split}"
+
+    def train_sampler(shape, seed: int, what: str = "") -> EpisodeSampler:
+        return EpisodeSampler(split.train, shape.ways, shape.shots, shape.queries, seed, stream="train",
+                              description=f"train split of {where} {what}".rstrip())
+
+    return _Data(split.train.dataset.image_shape, test, val, train_sampler,
+                 lambda ids: fingerprint(test_split.test, ids))
+
+
+def _eval_samplers(config: RunConfig, split: Split, test_split: Split) -> tuple[EpisodeSampler, EpisodeSampler | None]:
+    """The shared test sampler (test partition of ``test_split``) and, if ``split`` has
+    validation classes, the validation sampler."""
     test = EpisodeSampler(
-        split.test, config.ways, config.shots, config.queries, config.episode_seed, "test",
-        description=f"test split of {where}",
+        test_split.test, config.ways, config.shots, config.queries, config.episode_seed, "test",
+        description=f"test split of {config.test_dataset}/{config.test_split}",
     )
     val = None
     if len(split.val) > 0 and config.val_episodes > 0:
         val = EpisodeSampler(
             split.val, min(config.ways, len(split.val)), config.shots, config.queries,
-            config.episode_seed, "val", description=f"validation split of {where}",
+            config.episode_seed, "val", description=f"validation split of {config.dataset}/{config.split}",
         )
     return test, val

@@ -7,6 +7,7 @@ This layer knows nothing about learners.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,3 +146,49 @@ class Split:
         if partition not in ("train", "val", "test"):
             raise KeyError(f"unknown partition {partition!r}: use train, val or test")
         return getattr(self, partition)
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a dataset's files are on this machine, as ``metabench data list`` reports it.
+
+    Attributes:
+        status: ``"found"`` (the files a loader needs are present; their checksums are checked
+            by ``metabench data verify`` and on loading), ``"missing"``, ``"bundled"`` (shipped
+            inside an installed Python package) or ``"generated"`` (nothing to find).
+        detail: one line: the paths found (and which on-disk format they are in); for
+            ``"missing"``, where they were looked for and how to get them.
+    """
+
+    status: str
+    detail: str
+
+    def __post_init__(self) -> None:
+        if self.status not in ("found", "missing", "bundled", "generated"):
+            raise ValueError(f"unknown status {self.status!r}")
+
+
+def split_by_index(dataset: ImageDataset, dataset_name: str, split_name: str,
+                   partitions: Mapping[str, Sequence[int]]) -> Split:
+    """A split without rotations: each partition a list of the dataset's class indices.
+
+    Args:
+        dataset: the images all pools share.
+        dataset_name: the split's dataset name (e.g. ``"cifar-fs"``, which may differ from
+            ``dataset.name``, e.g. ``"cifar100"``).
+        split_name: e.g. ``"bertinetto"``.
+        partitions: ``"train"``, ``"val"``, ``"test"`` -> class indices in pool order (a
+            missing or empty list gives an empty pool).
+
+    Returns:
+        The :class:`Split`; pool class names are the dataset's class names.
+
+    Raises:
+        ValueError: for an index outside the dataset.
+    """
+    pools = {}
+    for partition in ("train", "val", "test"):
+        base = np.asarray(partitions.get(partition, ()), dtype=np.int64).reshape(-1)
+        pools[partition] = ClassPool(dataset, base, np.zeros_like(base),
+                                     tuple(dataset.class_names[i] for i in base))
+    return Split(dataset=dataset_name, name=split_name, **pools)

@@ -52,7 +52,7 @@ from .archives import (
     resolve_data_root,
     sha256_of,
 )
-from .base import ClassPool, ImageDataset, Split
+from .base import ClassPool, ImageDataset, Located, Split
 
 __all__ = [
     "BACKGROUND",
@@ -69,10 +69,13 @@ __all__ = [
     "VINYALS_SHA256",
     "background_mask",
     "decode_png",
+    "download_omniglot",
     "lake_split",
     "load_omniglot",
+    "locate_omniglot",
     "omniglot_split",
     "resolve_data_root",
+    "verify_omniglot",
     "vinyals_pool",
     "vinyals_split_files",
 ]
@@ -656,3 +659,92 @@ def omniglot_split(
                             f"{VINYALS_BASE_URL}{partition}.txt") from exc
         pools[partition] = vinyals_pool(dataset, text, str(path))
     return Split(dataset="omniglot", name="vinyals", **pools)
+
+
+# --------------------------------------------------------------------------- metabench data
+
+
+def locate_omniglot(data_root: str | os.PathLike[str] | None = None) -> Located:
+    """Where Omniglot's two halves and the Vinyals split files are, without reading them.
+
+    Returns:
+        ``Located("found", <paths>)`` when both halves are there (archive or extracted folder),
+        else ``Located("missing", <where and how to get them>)``.
+    """
+    root = resolve_data_root(data_root)
+    folder = root / "omniglot"
+    found = []
+    for part in _PARTS:
+        zip_path, extracted = folder / f"{part}.zip", folder / part
+        if zip_path.is_file():
+            found.append(str(zip_path))
+        elif extracted.is_dir():
+            found.append(f"{extracted}/")
+        else:
+            return Located("missing", f"looked in {folder}; run `metabench data download omniglot` "
+                           f"(official archives, MD5 checked) or put {BACKGROUND}.zip and "
+                           f"{EVALUATION}.zip there, or pass --data-root / set METABENCH_DATA to a "
+                           "folder that has them")
+    splits = root / "splits" / "omniglot_vinyals"
+    have = all((splits / f"{p}.txt").is_file() for p in ("train", "val", "test"))
+    found.append(f"Vinyals split files in {splits}" if have else
+                 "Vinyals split files not there yet (downloaded on first use)")
+    return Located("found", ", ".join(found))
+
+
+def download_omniglot(data_root: str | os.PathLike[str] | None = None) -> str:
+    """Download whatever is missing of Omniglot's archives and the Vinyals split files.
+
+    Returns:
+        A one-line summary.
+
+    Raises:
+        DataError: as :func:`load_omniglot` and :func:`vinyals_split_files` when downloading.
+    """
+    root = resolve_data_root(data_root)
+    sources = _locate(root, allow_download=True)
+    files = vinyals_split_files(root, download=True)
+    return (f"Omniglot is in {', '.join(str(s.path) for s in sources)}; Vinyals split files in "
+            f"{files['train'].parent} (SHA-256 checked)")
+
+
+def verify_omniglot(data_root: str | os.PathLike[str] | None = None) -> str:
+    """Check Omniglot without decoding it into the cache: each archive's MD5 (or, for a
+    re-packed archive, every member's CRC), the alphabet / character / drawer counts, every
+    PNG of an extracted folder decodable, and the Vinyals split files' SHA-256.
+
+    Returns:
+        A one-line summary of what was checked.
+
+    Raises:
+        DataError: naming the first problem; never downloads.
+    """
+    root = resolve_data_root(data_root)
+    notes = []
+    for source in _locate(root, allow_download=False):
+        if not source.is_zip:
+            index = _index_members(_folder_members(source), source.part)
+            _check_structure(index, source)
+            top = source.path.parent
+            scratch = np.empty((len(index), N_DRAWERS, 1, 1, 1), dtype=np.uint8)  # 1x1 decodes
+            with tqdm(total=len(index) * N_DRAWERS, disable=None, leave=False,
+                      desc=f"checking {source.part}") as bar:
+                _decode_index(index, lambda m, top=top: (top / m).read_bytes(), 1, source,
+                              scratch, bar)
+            notes.append(f"{source.path}/ (every PNG decodes)")
+            continue
+        try:
+            official = md5_of(source.path) == MD5[source.part]
+            with zipfile.ZipFile(source.path) as zf:
+                _check_structure(_index_members(zf.namelist(), source.part), source)
+                bad = None if official else _first_bad_member(zf)
+        except OSError as exc:
+            raise _unreadable(source, exc) from exc
+        except _ZIP_ERRORS as exc:
+            raise DataError(f"{source.label} is corrupt ({_why(exc)}): {source.fix}") from exc
+        if bad is not None:
+            raise DataError(f"{source.label} is corrupt ({bad}): {source.fix}")
+        notes.append(f"{source.path} ({'official MD5' if official else 're-packed: every CRC ok'})")
+    vinyals_split_files(root, download=False)
+    return (f"omniglot: ok: {'; '.join(notes)}; {sum(N_CHARACTERS.values())} characters x "
+            f"{N_DRAWERS} drawers; Vinyals split files SHA-256 ok")

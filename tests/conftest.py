@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import socket
+import sys
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -54,6 +58,60 @@ def omniglot_vinyals(data_root: Path) -> Split:
 def omniglot_lake(data_root: Path) -> Split:
     """Omniglot at 28x28 with Lake et al.'s background/evaluation split (never downloads)."""
     return load_split("omniglot", "lake", data_root=data_root, download=False)
+
+
+@dataclass
+class FileServer:
+    """A threaded HTTP server on 127.0.0.1 (see :func:`file_server`).
+
+    Attributes:
+        url: base URL, ending in ``/``.
+        files: name -> bytes served at ``url + name``; ``url + "short/" + name`` announces the
+            full ``Content-Length`` but sends only the first half and closes (an interrupted
+            transfer); any other path answers 404. Tests add their own entries.
+    """
+
+    url: str
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+class _FileHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        name = self.path.lstrip("/")
+        short = name.startswith("short/")
+        body = self.server.files.get(name.removeprefix("short/"))  # type: ignore[attr-defined]
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if short else body)
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:  # keep pytest output clean
+        pass
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client gave up mid-transfer, as some tests make it do
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def file_server() -> Iterator[FileServer]:
+    """A local HTTP server on loopback for download tests (never the network)."""
+    httpd = _QuietServer(("127.0.0.1", 0), _FileHandler)
+    server = FileServer(f"http://127.0.0.1:{httpd.server_address[1]}/")
+    httpd.files = server.files  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
 
 
 @pytest.fixture

@@ -4,10 +4,8 @@ local HTTP server (success, checksum mismatch, interrupted transfer, HTTP error,
 from __future__ import annotations
 
 import hashlib
-import http.server
-import threading
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -21,39 +19,20 @@ from metabench.datasets.archives import (
 )
 from metabench.errors import DataError
 
+if TYPE_CHECKING:
+    from conftest import FileServer
+
 PAYLOAD = bytes(range(256)) * 10_000  # 2.5 MB: several 1 MiB chunks
 MD5 = hashlib.md5(PAYLOAD).hexdigest()
 SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """``/data.bin``: the payload; ``/short``: announces the full length, sends half, closes;
-    anything else: 404."""
-
-    def do_GET(self) -> None:
-        if self.path not in ("/data.bin", "/short"):
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(PAYLOAD)))
-        self.end_headers()
-        self.wfile.write(PAYLOAD if self.path == "/data.bin" else PAYLOAD[: len(PAYLOAD) // 2])
-        self.close_connection = True
-
-    def log_message(self, *args: object) -> None:  # keep pytest output clean
-        pass
-
-
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    """Base URL of a threaded HTTP server on 127.0.0.1 serving :class:`_Handler`."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+def server(file_server: FileServer) -> str:
+    """Base URL of the loopback server, serving the payload as ``data.bin`` (and its first
+    half, announced as complete, as ``short/data.bin``)."""
+    file_server.files["data.bin"] = PAYLOAD
+    return file_server.url
 
 
 def _failing_download(url: str, dest: Path, **kwargs: object) -> DataError:
@@ -84,7 +63,7 @@ def test_md5_mismatch_leaves_nothing_and_keeps_old_file(server: str, tmp_path: P
 
 
 def test_interrupted_transfer_leaves_nothing(server: str, tmp_path: Path) -> None:
-    error = _failing_download(server + "short", tmp_path / "short.bin")
+    error = _failing_download(server + "short/data.bin", tmp_path / "short.bin")
     assert "interrupted" in str(error) and f"of {len(PAYLOAD)} bytes" in str(error)
     assert list(tmp_path.iterdir()) == []
 

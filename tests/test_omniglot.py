@@ -184,7 +184,8 @@ def test_split_line_must_name_a_known_character(omniglot_lake: Split) -> None:
 
 
 def test_unknown_names_raise_config_error() -> None:
-    assert DATASETS == {"omniglot": ["vinyals", "lake"]}
+    assert DATASETS["omniglot"].splits == ("vinyals", "lake")
+    assert DATASETS["omniglot"].kind == "classification"
     with pytest.raises(ConfigError, match="unknown dataset 'mnist': choose one of omniglot"):
         load_split("mnist", "vinyals")
     with pytest.raises(ConfigError, match="choose one of vinyals, lake"):

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 
 from metabench import cli, runner
-from metabench.algorithms import LEARNERS
+from metabench.config import learners_for
 from metabench.datasets import omniglot
 
+LEARNERS = learners_for("classification")
 RUN_FILES = {"config.json", "environment.json", "episodes.csv", "curves.csv", "summary.csv", "summary.md", "run.json"}
 
 
@@ -228,4 +229,35 @@ def test_console_script_reports_one_line_error(tmp_path: Path) -> None:
     proc = subprocess.run([str(exe), "run", "--learners", "nope", "--out", str(tmp_path / "r")],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "metabench: error: unknown learner 'nope': choose from maml, fomaml, reptile, protonet, matchingnet"
+    assert proc.stderr.strip() == "metabench: error: unknown learner 'nope': choose from maml, fomaml, reptile, protonet, matchingnet, pretrained"
+
+
+@pytest.mark.slow
+def test_cross_domain_run_tests_on_the_other_datasets_test_split(tmp_path: Path, data_root: Path) -> None:
+    """Meta-train on Omniglot (vinyals), test on scikit-learn's digits: the test episodes are the
+    digits' own (same fingerprint as sampling them directly), validation stays on Omniglot."""
+    from metabench.datasets import load_split
+    from metabench.datasets.sampler import EpisodeSampler, fingerprint
+
+    out = tmp_path / "xd"
+    assert run_cli("--learners", "protonet", "--budget", "smoke", "--test-dataset", "digits", "--test-episodes", "4",
+                   "--data-root", str(data_root), "--out", str(out)) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["dataset"], config["split"], config["test_dataset"], config["test_split"]) == ("omniglot", "vinyals", "digits", "all")
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["test_pool"] == "digits/all/test"
+    digits = load_split("digits", "all", image_size=28)
+    sampler = EpisodeSampler(digits.test, 5, 1, 15, seed=0, stream="test")
+    assert meta["fingerprint"] == fingerprint(digits.test, [sampler.index(i) for i in range(4)])
+    assert "omniglot (vinyals split) → digits (all split), 5-way 1-shot" in (out / "summary.md").read_text()
+    assert pd.read_csv(out / "curves.csv")["val_accuracy"].notna().sum() == 1  # Omniglot validation
+    assert cli.main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert "omniglot-to-digits (vinyals-to-all) 5-way 1-shot" in (tmp_path / "rep" / "index.md").read_text()
+
+
+def test_cross_domain_configuration_errors(tmp_path: Path, one_line_error) -> None:
+    assert run_cli("--dataset", "omniglot", "--test-dataset", "cifar-fs", "--out", str(tmp_path / "a")) == 2
+    one_line_error("cannot test on cifar-fs after meta-training on omniglot", "image channels")
+    assert run_cli("--dataset", "digits", "--out", str(tmp_path / "b")) == 2
+    one_line_error("digits has no meta-training classes", "--test-dataset digits")
+    assert not any(tmp_path.iterdir())
