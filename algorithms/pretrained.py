@@ -2,7 +2,8 @@
 
 One network is trained to regress the targets of tasks drawn from the whole task distribution
 (the support and query points of every task of a batch, pooled, MSE loss, Adam), with no
-meta-learning. At test time it is fine-tuned by plain gradient descent on the K support points of
+meta-learning. (The authors' released code trains it on each task's K support points only; pooling
+the query points too gives it twice the data per step from the same task distribution.) At test time it is fine-tuned by plain gradient descent on the K support points of
 each task "using an automatically tuned step size" (ibid.): after training, the step size with the
 lowest validation MSE after ``test_inner_steps`` steps is chosen from :data:`FINETUNE_LRS` on the
 run's validation tasks (:meth:`Pretrained.finish_training`).

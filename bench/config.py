@@ -61,10 +61,11 @@ BUDGETS: dict[str, Budget] = {
 }
 
 #: Budget presets for regression datasets (sinusoid). ``quick`` fits all four regression learners
-#: in a few minutes on 2 CPU cores (the README gives the measured run). ``paper``: Finn et al.
-#: (2017, Sec. 5.1) trained MAML and the pretrained baseline for 70,000 meta-iterations of 25
-#: tasks; Reptile's sine-wave demonstration (Nichol & Schulman 2018) takes 30,000 one-task
-#: iterations. Validation tasks also tune the pretrained baseline's fine-tuning step size.
+#: in a few minutes on 2 CPU cores (the README gives the measured run). ``paper``: Finn et al.'s
+#: released code (github.com/cbfinn/maml, README commands) trains MAML and the pretrained
+#: baseline on sinusoids for 70,000 meta-iterations of 25 tasks; Reptile's sine-wave
+#: demonstration (Nichol & Schulman 2018) takes 30,000 one-task iterations. Validation tasks also
+#: tune the pretrained baseline's fine-tuning step size.
 REGRESSION_BUDGETS: dict[str, Budget] = {
     "smoke": Budget(
         iterations={name: 2 for name in LEARNERS}, test_episodes=10, val_episodes=2, curve_points=1
