@@ -54,7 +54,14 @@ class PretrainedConfig:
 
 
 class Pretrained(MetaLearner):
-    """A network pretrained on all tasks, fine-tuned at test time (Finn et al. 2017, Sec. 5.1)."""
+    """A network pretrained on all tasks, fine-tuned at test time (Finn et al. 2017, Sec. 5.1).
+
+    Inputs ``[M, features]`` (``image_shape = (features,)``), targets ``[M, ways]``; the network
+    is the MLP ``features-40-40-ways``.
+
+    Raises:
+        ConfigError: for image inputs (classification is not implemented for this baseline).
+    """
 
     title = "Pretrained (all tasks)"
     name = "pretrained"
