@@ -18,7 +18,7 @@ from .backbones import BatchStatNorm2d, Conv4
 from .maml import MAML, FirstOrderMAML
 from .matchingnet import MatchingNet
 from .pretrained import Pretrained
-from .protocol import EpisodeShape, MetaLearner, StepResult, apply_overrides
+from .protocol import EpisodeShape, MetaLearner, StepResult, apply_overrides, problem_kind
 from .protonet import ProtoNet
 from .reptile import Reptile
 
@@ -62,8 +62,7 @@ def build_learner(
         ConfigError: for an unknown learner or hyperparameter, or a problem kind the learner
             does not support.
     """
-    kind = "regression" if len(image_shape) == 1 else "classification"
-    config = learner_config(name, overrides, kind)
+    config = learner_config(name, overrides, problem_kind(image_shape))
     torch.manual_seed(seed)
     return LEARNERS[name](config, ways, image_shape, total_iterations, torch.device(device), seed)
 

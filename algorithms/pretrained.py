@@ -106,8 +106,8 @@ class Pretrained(MetaLearner):
 
     def finish_training(self, val_episodes: Sequence[Episode]) -> dict[str, Any]:
         """Choose the fine-tuning step size: the one of :data:`FINETUNE_LRS` with the lowest
-        mean query MSE after ``test_inner_steps`` steps on ``val_episodes`` (unless ``test_lr``
-        is set, or there are no validation episodes).
+        mean query MSE after ``test_inner_steps`` steps on ``val_episodes`` (already on the
+        learner's device; unless ``test_lr`` is set, or there are no validation episodes).
 
         Returns:
             ``{"test_lr": chosen, "test_lr_val_mse": {lr: mean MSE}}`` (the MSE map is empty when
@@ -118,8 +118,7 @@ class Pretrained(MetaLearner):
         steps = self.config.test_inner_steps
         scores = {}
         for lr in FINETUNE_LRS:
-            errors = [mse(self._predict_steps(ep.to(self.device), [steps], lr)[steps], ep.query_y.to(self.device)).item()
-                      for ep in val_episodes]
+            errors = [mse(self._predict_steps(ep, [steps], lr)[steps], ep.query_y).item() for ep in val_episodes]
             scores[lr] = float(np.mean(errors))
         finite = {lr: v for lr, v in scores.items() if np.isfinite(v)}
         self.test_lr = min(finite, key=finite.get) if finite else 0.01

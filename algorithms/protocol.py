@@ -100,7 +100,7 @@ class MetaLearner(ABC):
         self.device = device
         self.seed = seed
         self.iteration = 0
-        self.kind = "regression" if len(image_shape) == 1 else "classification"
+        self.kind = problem_kind(image_shape)
         if self.kind not in self.KINDS:
             raise ConfigError(f"{self.title} does not do {self.kind}: {self.WHY_NOT}")
 
@@ -142,7 +142,8 @@ class MetaLearner(ABC):
         raise NotImplementedError(f"{self.title} does not adapt by gradient steps")
 
     def finish_training(self, val_episodes: Sequence[Episode]) -> dict[str, Any]:
-        """Called once after meta-training with validation episodes; learners that choose a
+        """Called once after meta-training with validation episodes (on the learner's device;
+        possibly none); learners that choose a
         test-time setting on validation data (the pretrained baseline's fine-tuning step size)
         do it here.
 
@@ -162,6 +163,12 @@ class MetaLearner(ABC):
     def parameter_count(self) -> int:
         """Number of meta-learned scalars."""
         return sum(p.numel() for p in self.model.parameters())
+
+
+def problem_kind(image_shape: tuple[int, ...]) -> str:
+    """``"regression"`` for vector inputs ``(features,)``, ``"classification"`` for images
+    ``(channels, height, width)``: the one place the input rank decides the problem kind."""
+    return "regression" if len(image_shape) == 1 else "classification"
 
 
 def check_ranges(config: Any, learner: str) -> None:

@@ -291,10 +291,12 @@ def summary_markdown(config: RunConfig, summary: pd.DataFrame, meta: dict[str, A
     )
     skipped = "".join(f"\n\nNot run: {reason}." for reason in config.skipped.values())
     if DATASETS[config.dataset].kind == "regression":
-        tuned = "".join(
-            f" {LEARNERS[name].title}: fine-tuning step size {by_seed[0]['test_lr']:g}, chosen on the validation tasks."
-            for name, by_seed in meta.get("tuned", {}).items() if by_seed and "test_lr" in by_seed[0]
-        )
+        tuned = ""
+        for name, by_seed in meta.get("tuned", {}).items():
+            lrs = [format(r["test_lr"], "g") for r in by_seed if "test_lr" in r]
+            if lrs:
+                per_seed = " (per seed)" if len(lrs) > 1 else ""
+                tuned += f" {LEARNERS[name].title}: fine-tuning step size {', '.join(lrs)}{per_seed}, chosen on the validation tasks."
         return (
             f"# {config.dataset} ({config.split}), K = {config.shots}\n\n"
             f"{regression_markdown_table(summary)}\n\n"
@@ -349,6 +351,8 @@ def run(config: RunConfig, progress: bool = True) -> Path:
     workers = config.workers or default_workers(device)
     note = (lambda text: tqdm.write(text)) if progress else (lambda text: None)
     validation = Validation(data.val, config.val_episodes, kind) if data.val is not None else None
+    # the validation episodes given to finish_training, built once for every learner and seed
+    val_episodes = [ep.to(device) for ep in data.val.episodes(0, config.val_episodes)] if data.val is not None else []
 
     episode_rows, curve_rows, timing_rows = [], [], []
     tuned: dict[str, list[dict[str, Any]]] = {}
@@ -361,8 +365,7 @@ def run(config: RunConfig, progress: bool = True) -> Path:
                 learner, data.train_sampler(shape, seed), shape.meta_batch, iterations[name], validation,
                 config.curve_points, f"train {label}" if label else None,
             )
-            val_episodes = data.val.episodes(0, config.val_episodes) if data.val is not None else []
-            chosen = learner.finish_training([ep.to(device) for ep in val_episodes])
+            chosen = learner.finish_training(val_episodes)
             if chosen:
                 tuned.setdefault(name, []).append({"seed": seed, **chosen})
             rows, test_s = evaluate(learner, data.test, config.test_episodes, f"test  {label}" if label else None,
