@@ -24,6 +24,14 @@ Besides the modules, the MAML core (:mod:`metabench.algorithms.maml_core`) uses 
 a parameter dict keyed by the modules' parameter names: :func:`conv4_forward` for one task and
 :func:`conv4_tasks_forward` for a batch of tasks with one parameter set each (grouped
 convolutions), and :func:`mlp_forward` / :func:`mlp_tasks_forward` likewise.
+
+**Memory layout.** Every operation of Conv4 keeps the layout of its input, so images given
+channels-last (:func:`channels_last`: ``[M, H, W, C]`` in memory, viewed as ``[M, C, H, W]``) make
+the whole forward and backward run channels-last. On CPU that is what oneDNN's convolutions and
+PyTorch's max-pool and batch norm are vectorised for: on 2 CPU cores (Conv4, 75 Omniglot images)
+the max-pool of the first block takes 10.3 ms contiguous and 0.6 ms channels-last, a 64-filter
+convolution on 14 x 14 maps 5.5 and 4.7 ms, and batch norm 0.89 and 0.23 ms. The values are the
+same; float32 results differ from the contiguous ones by rounding only (other summation orders).
 """
 
 from __future__ import annotations
@@ -165,12 +173,48 @@ class Conv4(nn.Module):
 CONV_LAYERS = (0, 4, 8, 12)
 
 
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """A copy of images ``x`` ``[..., C, H, W]`` laid out channels-last for every leading index:
+    in memory ``[..., H, W, C]``, with the shape unchanged.
+
+    Unlike ``x.contiguous(memory_format=torch.channels_last)`` it also lays out one-channel
+    images (Omniglot) so that convolutions see them as channels-last (for ``C = 1`` both layouts
+    are "contiguous" and PyTorch keeps the strides it has), and it takes any number of leading
+    dimensions (``[T, M, C, H, W]`` episodes of a meta-batch).
+
+    Raises:
+        ValueError: for fewer than 3 dimensions.
+    """
+    if x.dim() < 3:
+        raise ValueError(f"channels_last needs images [..., C, H, W], got shape {tuple(x.shape)}")
+    out = torch.empty((*x.shape[:-3], *x.shape[-2:], x.shape[-3]), dtype=x.dtype, device=x.device)
+    return out.movedim(-1, -3).copy_(x)
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether images ``x`` ``[..., C, H, W]`` are laid out channels-last (as by
+    :func:`channels_last`): the channel stride is 1 and a pixel's stride is C."""
+    return x.dim() >= 3 and x.stride(-3) == 1 and x.stride(-1) == x.shape[-3] and x.shape[-1] * x.shape[-2] > 1
+
+
+def _group_tasks(x: torch.Tensor) -> torch.Tensor:
+    """``[T, M, C, H, W]`` -> ``[M, T*C, H, W]`` (task t's channels at ``t*C .. t*C+C-1``), in
+    the layout of ``x``: channels-last input gives a channels-last result (``[M, H, W, T*C]``
+    in memory), so that the grouped convolutions stay channels-last."""
+    tasks, m, c, h, w = x.shape
+    if not is_channels_last(x):
+        return x.transpose(0, 1).reshape(m, tasks * c, h, w)
+    out = torch.empty((m, h, w, tasks, c), dtype=x.dtype, device=x.device).permute(0, 3, 4, 1, 2)
+    return out.copy_(x.transpose(0, 1)).reshape(m, tasks * c, h, w)
+
+
 def conv4_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: str = "native") -> torch.Tensor:
     """Conv4 (:class:`Conv4`) as a pure function of its parameter dict, for one task.
 
     Args:
         params: name -> tensor, the parameters of a :class:`Conv4` (with or without a head).
-        x: images ``[M, C, H, W]``.
+        x: images ``[M, C, H, W]``, contiguous or channels-last (:func:`channels_last`); every
+            layer keeps that layout.
         norm: ``"native"`` (fused ``F.batch_norm``; fast, but its second derivative is a slow
             composite), ``"twice"`` (:func:`~metabench.algorithms.batch_norm.batch_norm_twice`:
             fused, with a fast second derivative) or ``"tensor_ops"`` (:func:`batch_stat_norm`,
@@ -219,7 +263,8 @@ def conv4_tasks_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: 
 
     Args:
         params: name -> ``[T, *shape]``, the Conv4 parameters of each task (with a head).
-        x: images ``[T, M, C, H, W]`` (M images per task).
+        x: images ``[T, M, C, H, W]`` (M images per task); channels-last images
+            (:func:`channels_last`) run the grouped convolutions channels-last.
         norm: as in :func:`conv4_forward`.
 
     Returns:
@@ -229,7 +274,7 @@ def conv4_tasks_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: 
         ValueError: for an unknown ``norm``.
     """
     tasks, m = x.shape[:2]
-    h = x.transpose(0, 1).reshape(m, tasks * x.shape[2], *x.shape[3:])
+    h = _group_tasks(x)
     for i in CONV_LAYERS:
         w = params[f"features.{i}.weight"]
         h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), params[f"features.{i}.bias"].reshape(-1), padding=1, groups=tasks)

@@ -39,6 +39,13 @@ def _stat_shape(x: torch.Tensor) -> tuple[int, ...]:
     return (1, -1) + (1,) * (x.dim() - 2)
 
 
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """The layout of ``x`` (channels-last for 4-d channels-last inputs), for the upstream gradient."""
+    if x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1:
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _r_p(v: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, eps: float) -> torch.Tensor:
     """``r P v``: the batch-norm input gradient of ``v`` without a weight (one fused kernel)."""
     grad_input, _, _ = torch.ops.aten.native_batch_norm_backward(
@@ -99,7 +106,7 @@ class _BatchNorm(torch.autograd.Function):
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         mean, invstd, eps = ctx.stats
-        dx, dw, db = _BatchNormBackward.apply(g.contiguous(), x, weight, mean, invstd, eps)
+        dx, dw, db = _BatchNormBackward.apply(g.contiguous(memory_format=_layout(x)), x, weight, mean, invstd, eps)
         return dx, dw, db, None
 
 
@@ -112,7 +119,8 @@ def batch_norm_twice(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     Asking for the graph of a third derivative raises.
 
     Args:
-        x: ``[B, C, H, W]`` (or ``[B, C]``, ``[B, C, L]``), float32 or float64, contiguous.
+        x: ``[B, C, H, W]`` (or ``[B, C]``, ``[B, C, L]``), float32 or float64, contiguous or
+            (4-d) channels-last; the gradients keep the layout.
         weight, bias: ``[C]`` scale and shift; both required.
         eps: added to the biased variance.
 

@@ -36,10 +36,12 @@ from metabench.errors import ConfigError
 from .backbones import MLP, Conv4, accuracy
 from .maml_core import (
     CONV4,
+    LAYOUTS,
     MLP_REGRESSION,
     PATHS,
     adapt,
     adapt_and_predict,
+    choose_layout,
     choose_path,
     compiled_query_forward,
     meta_gradient,
@@ -61,10 +63,13 @@ class MAMLConfig:
         train_queries: query examples per class in training episodes; ``None`` uses K, as the
             released code does (``num_samples_per_class = 2 * update_batch_size``).
         path: how the core computes the meta-gradient: ``auto`` (per device, see
-            :func:`~metabench.algorithms.maml_core.choose_path`), ``per_task``, ``batched``,
-            ``recompute`` or ``vmap``. All give the same numbers.
-        chunk: tasks per chunk of the ``recompute`` path; 0 chooses it from the episode shape
-            (:func:`~metabench.algorithms.maml_core.default_chunk`).
+            :func:`~metabench.algorithms.maml_core.choose_path`), ``per_task``, ``chunked``,
+            ``batched``, ``recompute`` or ``vmap``. All give the same numbers.
+        chunk: tasks per chunk of the ``chunked`` and ``recompute`` paths; 0 chooses it from the
+            episode shape (:func:`~metabench.algorithms.maml_core.default_chunk`).
+        layout: memory layout of the images in the core: ``auto`` (per device, see
+            :func:`~metabench.algorithms.maml_core.choose_layout`), ``contiguous`` or
+            ``channels_last``. The same numbers up to float32 rounding.
         compile_query: run the query pass under ``torch.compile`` (one compilation per episode
             shape, seconds to a minute on CPU; Inductor needs a C++ compiler there).
     """
@@ -80,6 +85,7 @@ class MAMLConfig:
     train_queries: int | None = None
     path: str = "auto"
     chunk: int = 0
+    layout: str = "auto"
     compile_query: bool = False
 
 
@@ -99,7 +105,7 @@ class MAML(MetaLearner):
     is needed at test time).
 
     Raises:
-        ConfigError: for an unknown ``path``.
+        ConfigError: for an unknown ``path`` or ``layout``, or ``channels_last`` for regression.
     """
 
     title = "MAML"
@@ -112,6 +118,8 @@ class MAML(MetaLearner):
         super().__init__(config, ways, image_shape, total_iterations, device, seed)
         if config.path not in ("auto", *PATHS):
             raise ConfigError(f"unknown path {config.path!r} for {self.name}: use --set {self.name}.path=auto|{'|'.join(PATHS)}")
+        if config.layout not in ("auto", *LAYOUTS):
+            raise ConfigError(f"unknown layout {config.layout!r} for {self.name}: use --set {self.name}.layout=auto|{'|'.join(LAYOUTS)}")
         if self.kind == "regression":
             self._backbone = MLP_REGRESSION
             self._model = MLP((image_shape[0], 40, 40, ways)).to(device)
@@ -121,6 +129,9 @@ class MAML(MetaLearner):
             self._model = Conv4(channels, height, n_outputs=ways).to(device)
         self.optimizer = torch.optim.Adam(self._model.parameters(), lr=config.meta_lr)
         self.path = choose_path(self._backbone, device) if config.path == "auto" else config.path
+        if config.layout == "channels_last" and not self._backbone.images:
+            raise ConfigError(f"{self.name}.layout=channels_last needs image inputs: use --set {self.name}.layout=auto")
+        self.layout = choose_layout(self._backbone, device) if config.layout == "auto" else config.layout
         self._query_forward = compiled_query_forward(self._backbone) if config.compile_query else None
 
     @property
@@ -140,6 +151,7 @@ class MAML(MetaLearner):
             torch.stack([e.support_x for e in episodes]), torch.stack([e.support_y for e in episodes]),
             torch.stack([e.query_x for e in episodes]), torch.stack([e.query_y for e in episodes]),
             cfg.train_inner_steps, cfg.inner_lr, cfg.first_order, self.path, self._query_forward, cfg.chunk or None,
+            self.layout,
         )
         for name, p in params.items():
             p.grad = result.grads[name]

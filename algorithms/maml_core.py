@@ -14,12 +14,16 @@ numbers (checked against each other and against finite differences in the tests)
 
 ``per_task``
     A loop over tasks; each task's graph is freed after its gradient, so peak memory is one task.
+``chunked``
+    The inner loop of ``chunk`` tasks at once, with stacked parameters ``[chunk, ...]`` through
+    the backbone's task-batched forward (grouped convolutions for Conv4), so that the small
+    support batches become one larger one; then the query pass one task at a time with respect
+    to detached adapted parameters, and the query gradients pushed back through the chunk's
+    inner loop in one backward pass (the chain rule, split at theta'). Peak memory is one
+    chunk's second-order support graph plus one task's query graph.
 ``batched``
-    The inner loop of all T tasks runs at once with stacked parameters ``[T, ...]`` through the
-    backbone's task-batched forward (grouped convolutions for Conv4), so the small support
-    batches become one large one. The query losses are then differentiated one task at a time
-    with respect to detached adapted parameters, and their gradients are pushed back through the
-    batched inner loop in one backward pass (the chain rule, split at theta').
+    ``chunked`` with the whole meta-batch as one chunk: the fewest, largest kernels; keeps every
+    task's support graph.
 ``recompute``
     ``batched`` in chunks of tasks, with bounded memory: theta' of every task first without a
     second-order graph, then the query gradients ``dL/dtheta'`` one task at a time, then the
@@ -28,6 +32,10 @@ numbers (checked against each other and against finite differences in the tests)
 ``vmap``
     Like ``batched`` but the inner loop is ``torch.func.vmap(torch.func.grad(...))`` over the
     single-task forward, for backbones without a task-batched forward.
+
+**Layouts.** Image backbones run on ``contiguous`` or ``channels_last`` images
+(:func:`~metabench.algorithms.backbones.channels_last`; every Conv4 operation keeps the layout it
+is given). The same function either way; float32 results differ by rounding only.
 
 Batch-norm forms: the support pass is differentiated twice (second order), and the fused
 ``F.batch_norm`` kernel's double backward is a slow composite, so the second-order support pass
@@ -39,7 +47,7 @@ the query pass and first-order inner loops are differentiated once, so they use 
 wrong second-order meta-gradients on torch 2.13 (the tests catch the difference).
 
 Measured choices (2-core CPU, Conv4, 5-way 1-shot, 15 queries per class, meta-batch 16): see
-:func:`choose_path` and the README's timing table.
+:func:`choose_path`, :func:`choose_layout` and the README's timing table.
 """
 
 from __future__ import annotations
@@ -51,10 +59,17 @@ from functools import partial
 import torch
 from torch.nn import functional as F
 
-from .backbones import conv4_forward, conv4_tasks_forward, mlp_forward, mlp_tasks_forward
+from .backbones import (
+    channels_last,
+    conv4_forward,
+    conv4_tasks_forward,
+    mlp_forward,
+    mlp_tasks_forward,
+)
 
 Params = dict[str, torch.Tensor]
-PATHS = ("per_task", "batched", "recompute", "vmap")
+PATHS = ("per_task", "chunked", "batched", "recompute", "vmap")
+LAYOUTS = ("contiguous", "channels_last")
 
 
 def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -73,15 +88,17 @@ class Backbone:
         tasks_forward: ``tasks_forward(stacked_params, xs) -> outputs`` for T tasks at once
             (``[T, M, ...]``), twice differentiable; ``None`` if the backbone has none.
         loss: ``loss(outputs, targets) -> scalar`` mean over the task's examples.
+        images: inputs are images ``[..., C, H, W]`` that may be laid out channels-last.
     """
 
     name: str
     forward: Callable[..., torch.Tensor]
     tasks_forward: Callable[[Params, torch.Tensor], torch.Tensor] | None
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    images: bool = False
 
 
-CONV4 = Backbone("conv4", conv4_forward, conv4_tasks_forward, F.cross_entropy)
+CONV4 = Backbone("conv4", conv4_forward, conv4_tasks_forward, F.cross_entropy, images=True)
 MLP_REGRESSION = Backbone("mlp", mlp_forward, mlp_tasks_forward, mse)
 
 
@@ -101,19 +118,25 @@ class MetaGradient:
 
 
 def choose_path(backbone: Backbone, device: torch.device) -> str:
-    """The default path: ``per_task`` on CPU; on CUDA ``recompute`` where the backbone has a
-    task-batched forward (larger kernels, memory of one chunk), else ``vmap``.
+    """The default path: on CPU ``chunked`` for image backbones with a task-batched forward
+    (Conv4), else ``per_task``; on CUDA ``recompute`` where the backbone has a task-batched
+    forward, else ``vmap``.
 
-    On 2 CPU cores (Conv4, 5-way 1-shot, 15 queries per class, meta-batch 16; committed run
-    ``results/time-cpu-maml-vs-peers``, which has the numbers) ``per_task`` has the lowest peak
-    memory of all paths and, with the ``twice`` batch norm in the support pass, is within about
-    10% of the fastest memory-bounded path (``recompute``), and the fastest once the query pass
-    is compiled. ``batched`` is the fastest eager path but keeps every task's support graph
-    (3-5x the memory). The CUDA choice is not measured yet (no GPU was available).
+    See :func:`default_chunk` for the chunk sizes and the README's timing table for the
+    measurements behind the CPU choice (2 CPU cores, Conv4, 5-way 1-shot, 15 queries per class,
+    meta-batch 16). For the sinusoid MLP the per-task loop is faster on CPU (20 vs 32 ms per
+    meta-batch of 25 tasks than the task-batched forward). The CUDA choice is not measured yet
+    (no GPU was available).
     """
     if device.type == "cpu":
-        return "per_task"
+        return "chunked" if backbone.images and backbone.tasks_forward is not None else "per_task"
     return "recompute" if backbone.tasks_forward is not None else "vmap"
+
+
+def choose_layout(backbone: Backbone, device: torch.device) -> str:
+    """The default layout: ``channels_last`` for image backbones on CPU (measured faster there,
+    see :mod:`metabench.algorithms.backbones`), ``contiguous`` otherwise (not measured on CUDA)."""
+    return "channels_last" if backbone.images and device.type == "cpu" else "contiguous"
 
 
 def _grad(loss: torch.Tensor, inputs: list[torch.Tensor], create_graph: bool) -> tuple[torch.Tensor, ...]:
@@ -276,14 +299,17 @@ SUPPORT_IMAGE_STEP_COST = 3.3
 
 
 def default_chunk(support_x: torch.Tensor, query_x: torch.Tensor, steps: int) -> int:
-    """Tasks per chunk of the ``recompute`` path: as many as keep one chunk's second-order
-    support graph about the size of one task's query graph, at least 1.
+    """Tasks per chunk of the ``chunked`` and ``recompute`` paths: as many as keep one chunk's
+    second-order support graph about the size of one task's query graph, at least 1.
 
-    One support image kept for one inner step costs about as much memory as
-    ``SUPPORT_IMAGE_STEP_COST`` query images: measured on Conv4, 28 x 28, 5-way 1-shot, 15
-    queries per class, 2-core CPU, one inner step, peak resident-set growth: about 100 MiB for
-    the query phase and 22 MiB per task of the support phase (5 images), i.e. 1.3 vs 4.4 MiB
-    per image. So 4 tasks per chunk at 1 step, 1 at 5 steps.
+    One support image kept for one inner step costs about as much peak memory as
+    ``SUPPORT_IMAGE_STEP_COST`` query images (its saved graph, 1.3 MiB per Omniglot image and
+    step, plus the temporaries of its double backward). So, at 5-way 1-shot with 15 queries per
+    class: 4 tasks per chunk at 1 inner step, 2 at 2 steps, 1 from 3 steps on. Measured on 2 CPU
+    cores (Conv4, 28 x 28, channels-last, meta-batch 16, peak resident-set growth as
+    ``metabench time`` measures it): at 1 step 82 MiB for chunks of 1 task, 115 MiB for 4,
+    173 MiB for 8; at 5 steps 116 MiB for 1 task and 179 MiB for 2 (learn2learn: 140 and
+    163 MiB).
 
     Args:
         support_x: ``[T, N*K, ...]``; query_x: ``[T, N*Q, ...]``. steps: inner steps.
@@ -308,6 +334,7 @@ def meta_gradient(
     path: str = "per_task",
     query_forward: Callable[[Params, torch.Tensor], torch.Tensor] | None = None,
     chunk: int | None = None,
+    layout: str = "contiguous",
 ) -> MetaGradient:
     """The MAML meta-gradient of a meta-batch (Finn et al. 2017, Alg. 2, lines 5-10).
 
@@ -323,21 +350,30 @@ def meta_gradient(
         query_forward: ``f(params, x) -> outputs`` for the query pass, differentiated once;
             default: the backbone's forward with the fused batch norm. Pass a
             ``torch.compile``-d one (:func:`compiled_query_forward`) to fuse it.
-        chunk: tasks per chunk of the ``recompute`` path (default :func:`default_chunk`);
-            ignored by the other paths.
+        chunk: tasks per chunk of the ``chunked`` and ``recompute`` paths (default
+            :func:`default_chunk`); ignored by the other paths.
+        layout: one of :data:`LAYOUTS`: the images are copied channels-last first for
+            ``channels_last`` (image backbones only).
 
     Returns:
         A :class:`MetaGradient`: the gradient of ``mean_i L_query_i`` for every parameter, the
         per-task query losses and outputs. ``params``' ``.grad`` fields are not touched.
 
     Raises:
-        ValueError: for an unknown ``path``, ``batched`` or ``recompute`` on a backbone without
-            ``tasks_forward``, or ``chunk < 1``.
+        ValueError: for an unknown ``path`` or ``layout``, ``chunked``, ``batched`` or
+            ``recompute`` on a backbone without ``tasks_forward``, ``channels_last`` on a
+            backbone without image inputs, or ``chunk < 1``.
     """
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}: use one of {', '.join(PATHS)}")
-    if path in ("batched", "recompute") and backbone.tasks_forward is None:
+    if path in ("chunked", "batched", "recompute") and backbone.tasks_forward is None:
         raise ValueError(f"backbone {backbone.name} has no task-batched forward: use path per_task or vmap")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    if layout == "channels_last":
+        if not backbone.images:
+            raise ValueError(f"backbone {backbone.name} does not take images: use layout contiguous")
+        support_x, query_x = channels_last(support_x), channels_last(query_x)
     names = list(params)
     leaves = [params[n] for n in names]
     tasks = support_x.shape[0]
@@ -354,12 +390,23 @@ def meta_gradient(
             losses.append(loss.detach())
             outputs.append(out.detach())
         return MetaGradient(dict(zip(names, total)), torch.stack(losses), outputs)
+    size = tasks if path in ("batched", "vmap") else chunk if chunk is not None else default_chunk(support_x, query_x, steps)
+    if size < 1:
+        raise ValueError(f"chunk must be >= 1 task, got {size}")
+    spans = [slice(c, min(c + size, tasks)) for c in range(0, tasks, size)]
     if path == "recompute":
-        return _recompute(backbone, params, support_x, support_y, query_x, query_y, steps, inner_lr, first_order, qf, chunk)
-
-    fast = adapt_tasks(backbone, params, support_x, support_y, steps, inner_lr, not first_order, path)
-    fast_grads, losses, outputs = _query_gradients(backbone, fast, query_x, query_y, qf, 1.0 / tasks)
-    grads = torch.autograd.grad([fast[n] for n in names], leaves, fast_grads, allow_unused=True, materialize_grads=True)
+        return _recompute(backbone, params, support_x, support_y, query_x, query_y, steps, inner_lr, first_order, qf, spans)
+    grads = [torch.zeros_like(p) for p in leaves]
+    losses, outputs = [], []
+    for s in spans:
+        fast = adapt_tasks(backbone, params, support_x[s], support_y[s], steps, inner_lr, not first_order,
+                           "vmap" if path == "vmap" else "batched")
+        fast_grads, chunk_losses, chunk_outputs = _query_gradients(backbone, fast, query_x[s], query_y[s], qf, 1.0 / tasks)
+        chunk_grads = torch.autograd.grad([fast[n] for n in names], leaves, fast_grads, allow_unused=True, materialize_grads=True)
+        for acc, g in zip(grads, chunk_grads):
+            acc += g
+        losses += chunk_losses
+        outputs += chunk_outputs
     return MetaGradient(dict(zip(names, grads)), torch.stack(losses), outputs)
 
 
@@ -374,26 +421,22 @@ def _recompute(
     inner_lr: float,
     first_order: bool,
     query_forward: Callable[[Params, torch.Tensor], torch.Tensor],
-    chunk: int | None,
+    spans: list[slice],
 ) -> MetaGradient:
     """The ``recompute`` path: the chain rule split at theta', with the inner loop run twice.
 
-    1. theta'_t for chunks of tasks, without a second-order graph (fused batch norm);
+    1. theta'_t for chunks of tasks (``spans``), without a second-order graph (fused batch norm);
     2. the query pass of each task at theta'_t, keeping only ``dL/dtheta'_t``;
     3. (second order) the inner loop again, chunk by chunk, with its second-order graph, and
        ``dL/dtheta'`` pushed back through it (a vector-Jacobian product).
 
     Peak memory is the larger of one query graph and one chunk's support graph, instead of
-    their sum (``per_task``) or all support graphs (``batched``); the price is the first-order
+    their sum (``chunked``) or all support graphs (``batched``); the price is the first-order
     inner loop of step 1 (Chen et al. 2016 trade compute for memory the same way).
     """
     names = list(params)
     leaves = [params[n] for n in names]
     tasks = support_x.shape[0]
-    size = chunk if chunk is not None else default_chunk(support_x, query_x, steps)
-    if size < 1:
-        raise ValueError(f"chunk must be >= 1 task, got {size}")
-    spans = [slice(c, min(c + size, tasks)) for c in range(0, tasks, size)]
     detached = {n: p.detach().requires_grad_(True) for n, p in params.items()}
     adapted = [adapt_tasks(backbone, detached, support_x[s], support_y[s], steps, inner_lr, False) for s in spans]
     fast = {n: torch.cat([a[n].detach() for a in adapted]) for n in names}

@@ -78,6 +78,8 @@ class Cell:
         path: our MAML core's path (``auto`` or one of ``maml_core.PATHS``); ignored by the
             other learners and by peers.
         compile_query: our MAML's query pass under ``torch.compile`` (compiled during warm-up).
+        layout: our MAML core's image layout (``auto`` or one of ``maml_core.LAYOUTS``); like
+            ``path``.
     """
 
     implementation: str
@@ -95,13 +97,15 @@ class Cell:
     check_gradient: bool = True
     path: str = "auto"
     compile_query: bool = False
+    layout: str = "auto"
 
     @property
     def label(self) -> str:
-        """The implementation as shown in tables: ``metabench``, or ``metabench[path,compiled]``
-        for a MAML core path other than the default or a compiled query pass."""
+        """The implementation as shown in tables: ``metabench``, or
+        ``metabench[path,layout,compiled]`` for a MAML core path or layout other than the default
+        or a compiled query pass."""
         if self.implementation == "metabench" and self.learner in ("maml", "fomaml"):
-            tags = ([self.path] if self.path != "auto" else []) + (["compiled"] if self.compile_query else [])
+            tags = [v for v in (self.path, self.layout) if v != "auto"] + (["compiled"] if self.compile_query else [])
             if tags:
                 return f"metabench[{','.join(tags)}]"
         return self.implementation
@@ -128,7 +132,7 @@ def _overrides(cell: Cell) -> dict[str, Any]:
     o: dict[str, Any] = {"meta_batch": cell.meta_batch}
     if cell.learner in ("maml", "fomaml"):
         o.update(train_inner_steps=cell.inner_steps, inner_lr=cell.inner_lr, train_queries=cell.queries, path=cell.path,
-                 compile_query=cell.compile_query)
+                 compile_query=cell.compile_query, layout=cell.layout)
     elif cell.learner == "reptile":
         o.update(train_inner_steps=cell.inner_steps)
     return o
@@ -157,10 +161,12 @@ def build_step(cell: Cell) -> Callable[[], None]:
     return lambda: step(episodes)
 
 
-def _meta_gradients(cell: Cell, dtype: torch.dtype, paths: Sequence[str]) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+def _meta_gradients(
+    cell: Cell, dtype: torch.dtype, configs: Sequence[tuple[str, str]]
+) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
     """The cell's meta-gradient in ``dtype`` on weights and episodes from ``cell.seed``: the
-    peer's (``None`` for ``metabench``) and ours for each of ``paths``, flattened in
-    :data:`~metabench.peers.CONV4_NAMES` order."""
+    peer's (``None`` for ``metabench``) and ours for each ``(path, layout)`` of ``configs``,
+    flattened in :data:`~metabench.peers.CONV4_NAMES` order."""
     from metabench import peers
     from metabench.algorithms.backbones import Conv4
     from metabench.algorithms.maml_core import CONV4, meta_gradient
@@ -176,8 +182,8 @@ def _meta_gradients(cell: Cell, dtype: torch.dtype, paths: Sequence[str]) -> tup
         peers.meta_gradient_step(cell.implementation, model, episodes, cell.inner_steps, cell.inner_lr, False)
         g_peer = torch.cat([p.grad.flatten() for p in model.parameters()])
     ours = []
-    for path in paths:
-        g = meta_gradient(CONV4, params, *stack, cell.inner_steps, cell.inner_lr, False, path).grads
+    for path, layout in configs:
+        g = meta_gradient(CONV4, params, *stack, cell.inner_steps, cell.inner_lr, False, path, layout=layout).grads
         ours.append(torch.cat([g[n].flatten() for n in peers.CONV4_NAMES]))
     return g_peer, ours
 
@@ -189,24 +195,31 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def gradient_check(cell: Cell) -> dict[str, float]:
     """How exact the cell's second-order MAML meta-gradient is (relative L2 differences).
 
-    Returns:
-        ``grad_rel_err_float32``: this implementation's float32 meta-gradient against ours in
-        float64 (``per_task`` path): its float32 rounding error. For a peer also
-        ``grad_rel_diff_float64`` (peer against ours, both in float64: ~1e-12 means the same
-        computation) and ``grad_rel_diff_float32`` (both in float32; the larger over our
-        ``per_task`` and default paths). Identical weights and episodes throughout.
-    """
-    from metabench.algorithms.maml_core import CONV4, choose_path
+    "Ours" is our core as the cell runs it: its path and layout, or the defaults for the device
+    (:func:`~metabench.algorithms.maml_core.choose_path`, ``choose_layout``) for a peer's cell.
 
-    default = choose_path(CONV4, torch.device(cell.device)) if cell.path == "auto" else cell.path
-    paths = list(dict.fromkeys(["per_task", default]))
-    peer64, (ours64, *_) = _meta_gradients(cell, torch.float64, ["per_task"])
-    peer32, ours32 = _meta_gradients(cell, torch.float32, paths)
+    Returns:
+        ``grad_rel_err_float32``: this row's float32 meta-gradient against ours in float64: its
+        float32 rounding error. For a peer also ``grad_rel_diff_float64`` (peer against ours,
+        both in float64: ~1e-12 means the same computation) and ``grad_rel_diff_float32``
+        (both in float32: the rounding of both, at most about the sum of their float32 errors
+        unless the two run the same operations in the same order). Identical weights and
+        episodes throughout.
+    """
+    from metabench.algorithms.maml_core import CONV4, choose_layout, choose_path
+
+    device = torch.device(cell.device)
+    ours = [(
+        choose_path(CONV4, device) if cell.path == "auto" else cell.path,
+        choose_layout(CONV4, device) if cell.layout == "auto" else cell.layout,
+    )]
+    peer64, (ours64,) = _meta_gradients(cell, torch.float64, ours)
+    peer32, (ours32,) = _meta_gradients(cell, torch.float32, ours)
     if peer32 is None:
-        return {"grad_rel_err_float32": _rel(ours32[-1], ours64)}
+        return {"grad_rel_err_float32": _rel(ours32, ours64)}
     return {
         "grad_rel_err_float32": _rel(peer32, ours64),
-        "grad_rel_diff_float32": max(_rel(peer32, g) for g in ours32),
+        "grad_rel_diff_float32": _rel(peer32, ours32),
         "grad_rel_diff_float64": _rel(peer64, ours64),
     }
 
@@ -307,14 +320,15 @@ def matmul_flops_per_s(device: str, n: int = 2048, reps: int = 10) -> float:
 def cells_for(
     implementations: Sequence[str], learners: Sequence[str], shapes: Sequence[str], meta_batches: Sequence[int],
     inner_steps: Sequence[int], queries: int, inner_lr: float, device: str, reps: int, warmup: int,
-    paths: Sequence[str] = ("auto",), compile_query: Sequence[bool] = (False,),
+    paths: Sequence[str] = ("auto",), compile_query: Sequence[bool] = (False,), layouts: Sequence[str] = ("auto",),
 ) -> list[Cell]:
     """The cross product of the given lists; learners without an inner loop get one inner-steps
-    value (the first), peers only MAML, and ``paths`` and ``compile_query`` apply to our MAML
-    and first-order MAML.
+    value (the first), peers only MAML, and ``paths``, ``compile_query`` and ``layouts`` apply
+    to our MAML and first-order MAML.
 
     Raises:
-        ConfigError: for an unknown implementation, learner or shape, or ``reps`` < 1.
+        ConfigError: for an unknown implementation, learner, shape, path or layout, or
+            ``reps`` < 1.
     """
     for impl in implementations:
         if impl not in IMPLEMENTATIONS:
@@ -325,11 +339,14 @@ def cells_for(
     for shape in shapes:
         if shape not in SHAPES:
             raise ConfigError(f"unknown shape {shape!r}: choose from {', '.join(SHAPES)}")
-    from metabench.algorithms.maml_core import PATHS
+    from metabench.algorithms.maml_core import LAYOUTS, PATHS
 
     for path in paths:
         if path not in ("auto", *PATHS):
             raise ConfigError(f"unknown path {path!r}: choose from auto, {', '.join(PATHS)}")
+    for layout in layouts:
+        if layout not in ("auto", *LAYOUTS):
+            raise ConfigError(f"unknown layout {layout!r}: choose from auto, {', '.join(LAYOUTS)}")
     if reps < 1 or warmup < 0 or queries < 1 or min(meta_batches) < 1 or min(inner_steps) < 0:
         raise ConfigError("--reps, --queries and --meta-batch must be >= 1, --warmup and --inner-steps >= 0")
     cells = []
@@ -343,9 +360,10 @@ def cells_for(
                     for steps in (inner_steps if name in INNER_LOOP else inner_steps[:1]):
                         ours = impl == "metabench" and name in ("maml", "fomaml")
                         for path in (paths if ours else ("auto",)):
-                            for compiled in (compile_query if ours else (False,)):
-                                cells.append(Cell(impl, name, ways, shots, queries, mb, steps, inner_lr, device, reps,
-                                                  warmup, path=path, compile_query=compiled))
+                            for layout in (layouts if ours else ("auto",)):
+                                for compiled in (compile_query if ours else (False,)):
+                                    cells.append(Cell(impl, name, ways, shots, queries, mb, steps, inner_lr, device, reps,
+                                                      warmup, path=path, compile_query=compiled, layout=layout))
     return cells
 
 
@@ -390,10 +408,10 @@ def markdown(table: pd.DataFrame, matmul_rate: float, device_name: str) -> str:
         (f"Device: {device_name}. Matrix-multiply rate (float32 2048x2048, median of 10): "
         f"{matmul_rate / 1e9:.1f} GFLOP/s. Step time: median and interquartile range over the "
         f"repetitions{_rounds_text(table)}; memory: peak above the step's start (CUDA allocator, or resident-set growth on CPU); "
-        "ratios divide by the metabench row (default path) of the same setting; grad diff: relative L2 "
-        "difference of the peer's meta-gradient from ours on identical weights and episodes, in float32 and in "
-        "float64; f32 error: the row's float32 meta-gradient against ours in float64 (the rounding error "
-        "that any float32 implementation has, and the scale of the f32 diff)."),
+        "ratios divide by the metabench row (default path and layout) of the same setting; grad diff: relative L2 "
+        "difference of the peer's meta-gradient from ours (default path and layout) on identical weights and episodes, "
+        "in float32 and in float64; f32 error: the row's float32 meta-gradient against ours in float64 (the rounding "
+        "error that any float32 implementation has, and the scale of the f32 diff)."),
         "",
         ("| implementation | learner | N-way K-shot | Q | meta-batch | inner steps | median (ms) | IQR (ms) "
         "| time / ours | peak memory (MiB) | memory / ours | GFLOP / step | % of matmul | f32 error | grad diff f32 | grad diff f64 |"),

@@ -51,3 +51,17 @@ def test_third_derivative_raises() -> None:
         torch.autograd.grad(gx.pow(2).sum(), (x,), create_graph=True)
     (ggx,) = torch.autograd.grad(gx.pow(2).sum(), (x,))  # the second derivative itself works
     assert torch.isfinite(ggx).all() and ggx.abs().sum() > 0
+
+
+def test_channels_last_input_gives_the_same_derivatives_in_its_layout() -> None:
+    """A channels-last input passes gradcheck and gradgradcheck, gives the contiguous input's
+    values and gradients to float64 rounding, and its input gradient stays channels-last."""
+    x, w, b = inputs((3, 4, 5, 5), seed=3)
+    xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    assert torch.autograd.gradcheck(batch_norm_twice, (xc, w, b))
+    assert torch.autograd.gradgradcheck(batch_norm_twice, (xc, w, b))
+    g = torch.randn(3, 4, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    grads = [torch.autograd.grad((batch_norm_twice(t, w, b) * g).sum(), (t, w, b)) for t in (x, xc)]
+    for a, r in zip(grads[1], grads[0]):
+        assert torch.allclose(a, r, rtol=1e-12, atol=1e-14)
+    assert grads[1][0].is_contiguous(memory_format=torch.channels_last)

@@ -235,3 +235,16 @@ def test_evaluation_in_worker_processes_matches_in_process(omniglot_vinyals, mon
         assert [r["episode"] for r in parallel] == list(range(12))
         assert [r["accuracy"] for r in parallel] == [r["accuracy"] for r in serial], name
         assert np.allclose([r["loss"] for r in parallel], [r["loss"] for r in serial], rtol=1e-4), name
+
+
+def test_maml_chooses_and_checks_the_core_layout_and_path() -> None:
+    """On CPU the image MAML runs channels-last through the chunked path, the sinusoid MLP
+    contiguous and per task; a bad layout is a one-line error that names the fix."""
+    images = build_learner("maml", 5, (1, 28, 28), 10, torch.device("cpu"), 0)
+    assert (images.path, images.layout) == ("chunked", "channels_last")
+    sine = build_learner("maml", 1, (1,), 10, torch.device("cpu"), 0)
+    assert (sine.path, sine.layout) == ("per_task", "contiguous")
+    with pytest.raises(ConfigError, match=r"unknown layout 'nhwc' for maml: use --set maml.layout=auto\|contiguous\|channels_last"):
+        build_learner("maml", 5, (1, 28, 28), 10, torch.device("cpu"), 0, {"layout": "nhwc"})
+    with pytest.raises(ConfigError, match="maml.layout=channels_last needs image inputs: use --set maml.layout=auto"):
+        build_learner("maml", 1, (1,), 10, torch.device("cpu"), 0, {"layout": "channels_last"})

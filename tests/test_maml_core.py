@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from metabench.algorithms.backbones import MLP, Conv4
 from metabench.algorithms.maml_core import (
     CONV4,
+    LAYOUTS,
     MLP_REGRESSION,
     PATHS,
     adapt,
@@ -64,16 +65,20 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
+# (problem, layout): the image problem in both memory layouts.
+CASES = [("conv4", "contiguous"), ("conv4", "channels_last"), ("sinusoid", "contiguous")]
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("steps", [1, 5])
-@pytest.mark.parametrize("problem", PROBLEMS)
-def test_meta_gradient_matches_finite_differences(problem: str, steps: int, path: str) -> None:
-    """Second-order MAML's meta-gradient (every path) equals central finite differences of the
-    mean query loss after adaptation, in float64, along random directions; the first-order
-    approximation does not."""
+@pytest.mark.parametrize(("problem", "layout"), CASES)
+def test_meta_gradient_matches_finite_differences(problem: str, layout: str, steps: int, path: str) -> None:
+    """Second-order MAML's meta-gradient (every path, both image layouts) equals central finite
+    differences of the mean query loss after adaptation, in float64, along random directions;
+    the first-order approximation does not."""
     backbone, params, batch, lr = PROBLEMS[problem](torch.float64)
-    grads = meta_gradient(backbone, params, *batch, steps, lr, False, path).grads
-    fo_grads = meta_gradient(backbone, params, *batch, steps, lr, True, path).grads
+    grads = meta_gradient(backbone, params, *batch, steps, lr, False, path, layout=layout).grads
+    fo_grads = meta_gradient(backbone, params, *batch, steps, lr, True, path, layout=layout).grads
     gen = torch.Generator().manual_seed(2)
     eps = 1e-6
     for _ in range(3):
@@ -94,46 +99,65 @@ def test_meta_gradient_matches_finite_differences(problem: str, steps: int, path
 @pytest.mark.parametrize("steps", [1, 5])
 @pytest.mark.parametrize("problem", PROBLEMS)
 def test_paths_agree_in_float64_and_float32(problem: str, steps: int, first_order: bool) -> None:
-    """Every path gives the per-task path's meta-gradient to <= 1e-10 (relative L2) in float64
-    and <= 1e-5 in float32, and the same query losses."""
+    """Every path, in every layout the problem takes, gives the contiguous per-task path's
+    meta-gradient to <= 1e-10 (relative L2) in float64 and <= 1e-5 in float32, and the same
+    query losses."""
+    layouts = LAYOUTS if problem == "conv4" else ("contiguous",)
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
         backbone, params, batch, lr = PROBLEMS[problem](dtype)
         ref = meta_gradient(backbone, params, *batch, steps, lr, first_order, "per_task")
-        for path in PATHS[1:]:
-            got = meta_gradient(backbone, params, *batch, steps, lr, first_order, path)
-            assert rel_diff(flat(got.grads), flat(ref.grads)) <= tol, (path, dtype)
-            assert torch.allclose(got.losses, ref.losses, rtol=100 * tol, atol=0), (path, dtype)
+        for path in PATHS:
+            for layout in layouts:
+                if (path, layout) == ("per_task", "contiguous"):
+                    continue
+                got = meta_gradient(backbone, params, *batch, steps, lr, first_order, path, layout=layout)
+                assert rel_diff(flat(got.grads), flat(ref.grads)) <= tol, (path, layout, dtype)
+                assert torch.allclose(got.losses, ref.losses, rtol=100 * tol, atol=0), (path, layout, dtype)
 
 
+@pytest.mark.parametrize("path", ["chunked", "recompute"])
 @pytest.mark.parametrize("chunk", [1, 2, 3])
 @pytest.mark.parametrize("steps", [0, 1, 5])
-def test_recompute_chunks_agree(steps: int, chunk: int) -> None:
-    """The recompute path gives the per-task meta-gradient (float64, <= 1e-10) for every chunk
-    size, including one that does not divide the meta-batch (2 of 3 tasks) and 0 inner steps."""
+def test_chunk_sizes_agree(steps: int, chunk: int, path: str) -> None:
+    """The chunked and recompute paths give the per-task meta-gradient (float64, <= 1e-10) for
+    every chunk size, including one that does not divide the meta-batch (2 of 3 tasks) and 0
+    inner steps."""
     backbone, params, batch, lr = conv4_problem(torch.float64)
     ref = meta_gradient(backbone, params, *batch, steps, lr, False, "per_task")
-    got = meta_gradient(backbone, params, *batch, steps, lr, False, "recompute", chunk=chunk)
+    got = meta_gradient(backbone, params, *batch, steps, lr, False, path, chunk=chunk)
     assert rel_diff(flat(got.grads), flat(ref.grads)) <= 1e-10
     assert torch.allclose(got.losses, ref.losses, rtol=1e-12, atol=0)
+    assert [o.shape for o in got.outputs] == [o.shape for o in ref.outputs]
 
 
-def test_recompute_rejects_empty_chunks() -> None:
+@pytest.mark.parametrize("path", ["chunked", "recompute"])
+def test_empty_chunks_are_rejected(path: str) -> None:
     backbone, params, batch, lr = conv4_problem(torch.float64)
     with pytest.raises(ValueError, match="chunk must be >= 1 task, got 0"):
-        meta_gradient(backbone, params, *batch, 1, lr, False, "recompute", chunk=0)
+        meta_gradient(backbone, params, *batch, 1, lr, False, path, chunk=0)
+
+
+def test_bad_layouts_are_rejected() -> None:
+    backbone, params, batch, lr = sinusoid_problem(torch.float64)
+    with pytest.raises(ValueError, match="backbone mlp does not take images: use layout contiguous"):
+        meta_gradient(backbone, params, *batch, 1, lr, False, "per_task", layout="channels_last")
+    with pytest.raises(ValueError, match="unknown layout 'nhwc': use one of contiguous, channels_last"):
+        meta_gradient(backbone, params, *batch, 1, lr, False, "per_task", layout="nhwc")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", ["per_task", "batched", "recompute"])
-def test_compiled_query_pass_agrees(path: str) -> None:
+@pytest.mark.parametrize(("path", "layout"), [
+    ("per_task", "contiguous"), ("chunked", "channels_last"), ("batched", "contiguous"), ("recompute", "channels_last"),
+])
+def test_compiled_query_pass_agrees(path: str, layout: str) -> None:
     """The query pass under torch.compile gives the eager meta-gradient (float64 <= 1e-10,
-    float32 <= 1e-5, relative L2), for 1 and 5 inner steps."""
+    float32 <= 1e-5, relative L2), for 1 and 5 inner steps, in either layout."""
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
         backbone, params, batch, lr = conv4_problem(dtype)
         compiled = compiled_query_forward(backbone)
         for steps in (1, 5):
             ref = meta_gradient(backbone, params, *batch, steps, lr, False, "per_task")
-            got = meta_gradient(backbone, params, *batch, steps, lr, False, path, query_forward=compiled)
+            got = meta_gradient(backbone, params, *batch, steps, lr, False, path, query_forward=compiled, layout=layout)
             assert rel_diff(flat(got.grads), flat(ref.grads)) <= tol, (dtype, steps)
 
 
@@ -155,7 +179,7 @@ def test_first_order_is_query_gradient_at_adapted_parameters(path: str) -> None:
 
 def test_unknown_path_is_rejected() -> None:
     backbone, params, batch, lr = sinusoid_problem(torch.float64)
-    with pytest.raises(ValueError, match="unknown path 'fast': use one of per_task, batched, recompute, vmap"):
+    with pytest.raises(ValueError, match="unknown path 'fast': use one of per_task, chunked, batched, recompute, vmap"):
         meta_gradient(backbone, params, *batch, 1, lr, False, "fast")
 
 

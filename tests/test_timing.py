@@ -20,17 +20,19 @@ TINY = {"implementation": "metabench", "learner": "maml", "ways": 5, "shots": 1,
 
 
 def test_cells_cross_the_lists_and_skip_what_does_not_apply() -> None:
-    """Inner steps only multiply the inner-loop learners, paths and compilation only our MAML
-    family, and peers get MAML only."""
+    """Inner steps only multiply the inner-loop learners, paths, layouts and compilation only
+    our MAML family, and peers get MAML only."""
     cells = timing.cells_for(["metabench", "learn2learn"], ["maml", "protonet"], ["5w1s", "20w5s"], [1, 4], [1, 5],
-                             15, 0.4, "cpu", 20, 2, ["auto", "recompute"], [False, True])
+                             15, 0.4, "cpu", 20, 2, ["auto", "recompute"], [False, True], ["auto", "contiguous"])
     count = {(c.implementation, c.learner): 0 for c in cells}
     for c in cells:
         count[c.implementation, c.learner] += 1
-    assert count == {("metabench", "maml"): 2 * 2 * 2 * 2 * 2, ("metabench", "protonet"): 2 * 2,
+    assert count == {("metabench", "maml"): 2 * 2 * 2 * 2 * 2 * 2, ("metabench", "protonet"): 2 * 2,
                      ("learn2learn", "maml"): 2 * 2 * 2}
-    assert {c.label for c in cells} == {"metabench", "metabench[compiled]", "metabench[recompute]",
-                                        "metabench[recompute,compiled]", "learn2learn"}
+    assert {c.label for c in cells} == {
+        "metabench", "metabench[compiled]", "metabench[recompute]", "metabench[recompute,compiled]",
+        "metabench[contiguous]", "metabench[contiguous,compiled]", "metabench[recompute,contiguous]",
+        "metabench[recompute,contiguous,compiled]", "learn2learn"}
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -38,6 +40,7 @@ def test_cells_cross_the_lists_and_skip_what_does_not_apply() -> None:
     ({"learners": ["maml2"]}, "unknown learner 'maml2'"),
     ({"shapes": ["5w2s"]}, "unknown shape '5w2s'"),
     ({"paths": ["fast"]}, "unknown path 'fast'"),
+    ({"layouts": ["nhwc"]}, "unknown layout 'nhwc': choose from auto, contiguous, channels_last"),
     ({"reps": 0}, "--reps, --queries and --meta-batch must be >= 1"),
 ])
 def test_bad_cells_are_rejected(kwargs: dict, message: str) -> None:
