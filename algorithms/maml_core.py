@@ -118,25 +118,25 @@ class MetaGradient:
 
 
 def choose_path(backbone: Backbone, device: torch.device) -> str:
-    """The default path: on CPU ``chunked`` for image backbones with a task-batched forward
-    (Conv4), else ``per_task``; on CUDA ``recompute`` where the backbone has a task-batched
-    forward, else ``vmap``.
+    """The default path: ``per_task`` on CPU; on CUDA ``recompute`` where the backbone has a
+    task-batched forward, else ``vmap``.
 
-    See :func:`default_chunk` for the chunk sizes and the README's timing table for the
-    measurements behind the CPU choice (2 CPU cores, Conv4, 5-way 1-shot, 15 queries per class,
-    meta-batch 16). For the sinusoid MLP the per-task loop is faster on CPU (20 vs 32 ms per
-    meta-batch of 25 tasks than the task-batched forward). The CUDA choice is not measured yet
-    (no GPU was available).
+    On 2 CPU cores (Conv4, 5-way 1-shot, 15 queries per class, meta-batch 16) ``per_task`` has
+    the lowest peak memory of all paths. ``chunked`` (channels-last) measured 0.6-0.75x
+    learn2learn's time in single-process interleaved runs, but 0.82x (1 step, at 1.2x its
+    memory) and 1.03x (5 steps) in the committed run ``results/time-cpu-maml-vs-peers-3``, so it
+    is not the default until a run confirms it. The CUDA choice is not measured yet (no GPU was
+    available).
     """
     if device.type == "cpu":
-        return "chunked" if backbone.images and backbone.tasks_forward is not None else "per_task"
+        return "per_task"
     return "recompute" if backbone.tasks_forward is not None else "vmap"
 
 
 def choose_layout(backbone: Backbone, device: torch.device) -> str:
-    """The default layout: ``channels_last`` for image backbones on CPU (measured faster there,
-    see :mod:`metabench.algorithms.backbones`), ``contiguous`` otherwise (not measured on CUDA)."""
-    return "channels_last" if backbone.images and device.type == "cpu" else "contiguous"
+    """The default layout: ``contiguous``. ``channels_last`` (image backbones) is an option whose
+    speed-up on CPU is not confirmed by a committed run yet (see :func:`choose_path`)."""
+    return "contiguous"
 
 
 def _grad(loss: torch.Tensor, inputs: list[torch.Tensor], create_graph: bool) -> tuple[torch.Tensor, ...]:

@@ -238,10 +238,12 @@ def test_evaluation_in_worker_processes_matches_in_process(omniglot_vinyals, mon
 
 
 def test_maml_chooses_and_checks_the_core_layout_and_path() -> None:
-    """On CPU the image MAML runs channels-last through the chunked path, the sinusoid MLP
-    contiguous and per task; a bad layout is a one-line error that names the fix."""
+    """On CPU MAML runs contiguous and per task by default, channels-last and chunked when asked;
+    a bad layout is a one-line error that names the fix."""
     images = build_learner("maml", 5, (1, 28, 28), 10, torch.device("cpu"), 0)
-    assert (images.path, images.layout) == ("chunked", "channels_last")
+    assert (images.path, images.layout) == ("per_task", "contiguous")
+    fast = build_learner("maml", 5, (1, 28, 28), 10, torch.device("cpu"), 0, {"layout": "channels_last", "path": "chunked"})
+    assert (fast.path, fast.layout) == ("chunked", "channels_last")
     sine = build_learner("maml", 1, (1,), 10, torch.device("cpu"), 0)
     assert (sine.path, sine.layout) == ("per_task", "contiguous")
     with pytest.raises(ConfigError, match=r"unknown layout 'nhwc' for maml: use --set maml.layout=auto\|contiguous\|channels_last"):
