@@ -235,7 +235,7 @@ def conv4_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: str = 
 
 
 def _native_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    if x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 1:
+    if x.dim() == 4 and is_channels_last(x):
         # Channels-last: the fused kernel's statistics are inaccurate in float32 there (see
         # batch_norm._BatchNorm.forward); batch_norm_twice takes them from var_mean.
         return batch_norm_twice(x, w, b)
