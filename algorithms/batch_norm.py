@@ -46,6 +46,18 @@ def _layout(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _channels_last_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance ``[C]`` of channels-last ``x`` ``[B, C, H, W]``, in
+    two passes (the mean, then the mean square of the centred values) over its rows
+    ``[B*H*W, C]``, a view of its memory; PyTorch's cascade summation keeps them accurate (3e-8
+    relative in float32 on 75 x 64 x 28 x 28). ``torch.var_mean`` gives the same accuracy but
+    reduces over a strided axis: 22 ms there against 2 ms for this, on 2 CPU cores."""
+    rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    mean = rows.mean(0)
+    centred = rows - mean
+    return mean, centred.mul_(centred).mean(0)
+
+
 def _r_p(v: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, eps: float) -> torch.Tensor:
     """``r P v``: the batch-norm input gradient of ``v`` without a weight (one fused kernel)."""
     grad_input, _, _ = torch.ops.aten.native_batch_norm_backward(
@@ -100,11 +112,11 @@ class _BatchNorm(torch.autograd.Function):
         if _layout(x) is torch.channels_last:
             # PyTorch 2.13's fused CPU batch norm accumulates channels-last statistics with a
             # large float32 error (first Conv4 block, 75 Omniglot-like images: relative error
-            # 8.7e-5 in the mean and 5.1e-5 in 1/std, against 3e-8 for var_mean and for the
-            # contiguous kernel; second-order MAML amplified it to 7e-3 in the float32
-            # meta-gradient). So the statistics come from var_mean, and the fused kernel's
-            # inference mode normalises with them.
-            var, mean = torch.var_mean(x, dim=[d for d in range(x.dim()) if d != 1], correction=0)
+            # 8.7e-5 in the mean and 5.1e-5 in 1/std, against 3e-8 for the contiguous kernel;
+            # second-order MAML amplified it to 7e-3 in the float32 meta-gradient). So the
+            # statistics come from _channels_last_stats, and the fused kernel's inference mode
+            # normalises with them.
+            mean, var = _channels_last_stats(x)
             invstd = (var + eps).rsqrt()
             y = torch.native_batch_norm(x, weight, bias, mean, var, False, 0.0, eps)[0]
         else:
