@@ -43,6 +43,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .batch_norm import batch_norm_twice
+from .max_pool import max_pool_2x2
+from .norm_pool import batch_norm_max_pool
 
 
 class BatchStatNorm2d(nn.Module):
@@ -215,10 +217,13 @@ def conv4_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: str = 
         params: name -> tensor, the parameters of a :class:`Conv4` (with or without a head).
         x: images ``[M, C, H, W]``, contiguous or channels-last (:func:`channels_last`); every
             layer keeps that layout.
-        norm: ``"native"`` (fused ``F.batch_norm``; fast, but its second derivative is a slow
-            composite), ``"twice"`` (:func:`~metabench.algorithms.batch_norm.batch_norm_twice`:
-            fused, with a fast second derivative) or ``"tensor_ops"`` (:func:`batch_stat_norm`,
-            safe under ``vmap``).
+        norm: how each block's batch norm and max-pool are computed (the same function):
+            ``"native"`` (:func:`~metabench.algorithms.norm_pool.batch_norm_max_pool`: fused
+            kernels and one fused backward; differentiable once), ``"twice"``
+            (:func:`~metabench.algorithms.batch_norm.batch_norm_twice` and
+            :func:`~metabench.algorithms.max_pool.max_pool_2x2`: fused, with a fast second
+            derivative, for the second-order inner loop) or ``"tensor_ops"``
+            (:func:`batch_stat_norm` and ``F.max_pool2d``, safe under ``vmap``).
 
     Returns:
         Logits ``[M, n_outputs]``, or the embedding ``[M, D]`` if ``params`` has no head.
@@ -229,31 +234,32 @@ def conv4_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: str = 
     for i in CONV_LAYERS:
         x = F.conv2d(x, params[f"features.{i}.weight"], params[f"features.{i}.bias"], padding=1)
         w, b = params[f"features.{i + 1}.weight"], params[f"features.{i + 1}.bias"]
-        x = F.relu(F.max_pool2d(_norm(norm)(x, w, b), 2))
+        x = F.relu(_block(norm)(x, w, b))
     z = x.flatten(1)
     return F.linear(z, params["head.weight"], params["head.bias"]) if "head.weight" in params else z
 
 
-def _native_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    if x.dim() == 4 and is_channels_last(x):
-        # Channels-last: the fused kernel's statistics are inaccurate in float32 there (see
-        # batch_norm._BatchNorm.forward); batch_norm_twice takes them from var_mean.
-        return batch_norm_twice(x, w, b)
-    return F.batch_norm(x, None, None, w, b, training=True, eps=1e-5)
+def _native_block(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return batch_norm_max_pool(x, w, b)
 
 
-def _tensor_ops_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return batch_stat_norm(x, w, b, (0, 2, 3))
+def _twice_block(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return max_pool_2x2(batch_norm_twice(x, w, b))
 
 
-NORMS = {"native": _native_norm, "tensor_ops": _tensor_ops_norm, "twice": batch_norm_twice}
+def _tensor_ops_block(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.max_pool2d(batch_stat_norm(x, w, b, (0, 2, 3)), 2)
 
 
-def _norm(name: str):
+# Batch norm then 2 x 2 max-pool, per form (conv4_forward's ``norm``).
+BLOCKS = {"native": _native_block, "tensor_ops": _tensor_ops_block, "twice": _twice_block}
+
+
+def _block(name: str):
     try:
-        return NORMS[name]
+        return BLOCKS[name]
     except KeyError:
-        raise ValueError(f"unknown batch-norm form {name!r}: use one of {', '.join(NORMS)}") from None
+        raise ValueError(f"unknown batch-norm form {name!r}: use one of {', '.join(BLOCKS)}") from None
 
 
 def conv4_tasks_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: str = "tensor_ops") -> torch.Tensor:
@@ -285,7 +291,7 @@ def conv4_tasks_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: 
         # Channels of the grouped tensor are (task, channel) pairs, so per-channel batch norm of
         # [M, T*C, H, W] takes statistics per task and channel, as each task's own forward does.
         gamma, beta = params[f"features.{i + 1}.weight"], params[f"features.{i + 1}.bias"]
-        h = F.relu(F.max_pool2d(_norm(norm)(h, gamma.reshape(-1), beta.reshape(-1)), 2))
+        h = F.relu(_block(norm)(h, gamma.reshape(-1), beta.reshape(-1)))
     z = h.reshape(m, tasks, -1).transpose(0, 1)
     return torch.baddbmm(params["head.bias"].unsqueeze(1), z, params["head.weight"].transpose(1, 2))
 

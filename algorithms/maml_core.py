@@ -25,10 +25,11 @@ numbers (checked against each other and against finite differences in the tests)
     ``chunked`` with the whole meta-batch as one chunk: the fewest, largest kernels; keeps every
     task's support graph.
 ``recompute``
-    ``batched`` in chunks of tasks, with bounded memory: theta' of every task first without a
-    second-order graph, then the query gradients ``dL/dtheta'`` one task at a time, then the
-    inner loop again chunk by chunk with its second-order graph, backpropagating ``dL/dtheta'``.
-    Peak memory is the larger of one query graph and one chunk's support graph.
+    Chunks of tasks with memory bounded whatever the number of inner steps: the chunk's inner
+    loop without a second-order graph (keeping each step's input theta_k), the query gradients
+    ``dL/dtheta'`` one task at a time, then the inner steps in reverse, each rebuilt with its
+    second-order graph and backpropagated alone. Peak memory is the larger of one query graph and
+    one chunk's graph of a single inner step.
 ``vmap``
     Like ``batched`` but the inner loop is ``torch.func.vmap(torch.func.grad(...))`` over the
     single-task forward, for backbones without a task-batched forward.
@@ -121,12 +122,12 @@ def choose_path(backbone: Backbone, device: torch.device) -> str:
     """The default path: ``per_task`` on CPU; on CUDA ``recompute`` where the backbone has a
     task-batched forward, else ``vmap``.
 
-    On 2 CPU cores (Conv4, 5-way 1-shot, 15 queries per class, meta-batch 16) ``per_task`` has
-    the lowest peak memory of all paths. ``chunked`` (channels-last) measured 0.6-0.75x
-    learn2learn's time in single-process interleaved runs, but 0.82x (1 step, at 1.2x its
-    memory) and 1.03x (5 steps) in the committed run ``results/time-cpu-maml-vs-peers-3``, so it
-    is not the default until a run confirms it. The CUDA choice is not measured yet (no GPU was
-    available).
+    On 2 CPU cores (Conv4, 5-way 1-shot, 15 queries per class, meta-batch 16, channels-last)
+    ``per_task`` has the lowest peak memory of all paths and was as fast as ``chunked`` at 1 inner
+    step and faster at 5 (single-process interleaved runs: 0.71x and 0.73-0.80x learn2learn's
+    time for ``per_task``, 0.70x and 0.75-0.86x for ``chunked``, 0.77-0.81x for ``recompute``
+    at 5 steps); the README's timing table is the committed measurement. The CUDA choice is not
+    measured yet (no GPU was available).
     """
     if device.type == "cpu":
         return "per_task"
@@ -134,9 +135,11 @@ def choose_path(backbone: Backbone, device: torch.device) -> str:
 
 
 def choose_layout(backbone: Backbone, device: torch.device) -> str:
-    """The default layout: ``contiguous``. ``channels_last`` (image backbones) is an option whose
-    speed-up on CPU is not confirmed by a committed run yet (see :func:`choose_path`)."""
-    return "contiguous"
+    """The default layout: ``channels_last`` for image backbones on CPU, where oneDNN's
+    convolutions and PyTorch's max-pool and batch norm are vectorised for it (measured with
+    ``per_task`` on 2 cores: 0.71x vs 0.85x learn2learn's time at 1 inner step, 0.73-0.80x vs
+    0.93x at 5), else ``contiguous`` (not measured on CUDA yet)."""
+    return "channels_last" if backbone.images and device.type == "cpu" else "contiguous"
 
 
 def _grad(loss: torch.Tensor, inputs: list[torch.Tensor], create_graph: bool) -> tuple[torch.Tensor, ...]:
@@ -245,14 +248,8 @@ def adapt_tasks(
     if path == "batched":
         if backbone.tasks_forward is None:
             raise ValueError(f"backbone {backbone.name} has no task-batched forward: use path per_task or vmap")
-        norm = "twice" if create_graph else "native"
         for _ in range(steps):
-            out = backbone.tasks_forward(fast, xs, norm)
-            # T x the mean over all examples = the sum over tasks of each task's mean loss (tasks
-            # have equal sizes), so task t's parameters get exactly the gradient of its own loss.
-            loss = backbone.loss(out.flatten(0, 1), ys.flatten(0, 1)) * tasks
-            grads = _grad(loss, [fast[n] for n in names], create_graph)
-            fast = {n: fast[n] - inner_lr * (g if create_graph else g.detach()) for n, g in zip(names, grads)}
+            fast = _tasks_step(backbone, fast, xs, ys, inner_lr, create_graph)
         return fast
     if path != "vmap":
         raise ValueError(f"unknown path {path!r}: use one of {', '.join(PATHS)}")
@@ -265,6 +262,21 @@ def adapt_tasks(
         grads = task_grad(fast, xs, ys)
         fast = {n: fast[n] - inner_lr * (grads[n] if create_graph else grads[n].detach()) for n in names}
     return fast
+
+
+def _tasks_step(
+    backbone: Backbone, fast: Params, xs: torch.Tensor, ys: torch.Tensor, inner_lr: float, create_graph: bool
+) -> Params:
+    """One inner step (Eq. 1) for T tasks at once through the backbone's ``tasks_forward``:
+    ``fast`` name -> ``[T, *shape]`` (each requiring grad, or a function of tensors that do) ->
+    the stepped parameters, differentiable in ``fast`` twice if ``create_graph``."""
+    names = list(fast)
+    out = backbone.tasks_forward(fast, xs, "twice" if create_graph else "native")
+    # T x the mean over all examples = the sum over tasks of each task's mean loss (tasks have
+    # equal sizes), so task t's parameters get exactly the gradient of its own loss.
+    loss = backbone.loss(out.flatten(0, 1), ys.flatten(0, 1)) * xs.shape[0]
+    grads = _grad(loss, [fast[n] for n in names], create_graph)
+    return {n: fast[n] - inner_lr * (g if create_graph else g.detach()) for n, g in zip(names, grads)}
 
 
 def _query_gradients(
@@ -390,7 +402,10 @@ def meta_gradient(
             losses.append(loss.detach())
             outputs.append(out.detach())
         return MetaGradient(dict(zip(names, total)), torch.stack(losses), outputs)
-    size = tasks if path in ("batched", "vmap") else chunk if chunk is not None else default_chunk(support_x, query_x, steps)
+    if chunk is None:
+        # recompute keeps the graph of one inner step at a time.
+        chunk = default_chunk(support_x, query_x, 1 if path == "recompute" else steps)
+    size = tasks if path in ("batched", "vmap") else chunk
     if size < 1:
         raise ValueError(f"chunk must be >= 1 task, got {size}")
     spans = [slice(c, min(c + size, tasks)) for c in range(0, tasks, size)]
@@ -423,36 +438,60 @@ def _recompute(
     query_forward: Callable[[Params, torch.Tensor], torch.Tensor],
     spans: list[slice],
 ) -> MetaGradient:
-    """The ``recompute`` path: the chain rule split at theta', with the inner loop run twice.
+    """The ``recompute`` path: the chain rule split at every inner step, chunk by chunk.
 
-    1. theta'_t for chunks of tasks (``spans``), without a second-order graph (fused batch norm);
-    2. the query pass of each task at theta'_t, keeping only ``dL/dtheta'_t``;
-    3. (second order) the inner loop again, chunk by chunk, with its second-order graph, and
-       ``dL/dtheta'`` pushed back through it (a vector-Jacobian product).
+    For the tasks of each chunk (``spans``):
 
-    Peak memory is the larger of one query graph and one chunk's support graph, instead of
-    their sum (``chunked``) or all support graphs (``batched``); the price is the first-order
-    inner loop of step 1 (Chen et al. 2016 trade compute for memory the same way).
+    1. the inner loop without a second-order graph, keeping theta_k (detached, ``[chunk, ...]``)
+       for k = 1 .. steps - 1;
+    2. the query pass of each task at theta', keeping only ``lambda = dL/dtheta'``;
+    3. (second order) the inner steps in reverse, each rebuilt from its theta_k with its
+       second-order graph: ``lambda <- lambda - alpha H_k lambda``, the vector-Jacobian product
+       of step k (Finn et al. 2017, Eq. 1 differentiated; the reverse sweep of Griewank &
+       Walther 2008, Ch. 12, with every step's input stored).
+
+    Peak memory is the larger of one query graph and one chunk's graph of a single inner step
+    (plus the stored theta_k, 0.45 MiB per task and step for Conv4), whatever the number of
+    steps; the price is the first-order inner loop of step 1.
     """
     names = list(params)
     leaves = [params[n] for n in names]
     tasks = support_x.shape[0]
-    detached = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-    adapted = [adapt_tasks(backbone, detached, support_x[s], support_y[s], steps, inner_lr, False) for s in spans]
-    fast = {n: torch.cat([a[n].detach() for a in adapted]) for n in names}
-    del adapted
-    fast_grads, losses, outputs = _query_gradients(backbone, fast, query_x, query_y, query_forward, 1.0 / tasks)
-    if first_order or steps == 0:
-        # d theta'/d theta is the identity: the meta-gradient is the sum of the query gradients.
-        grads = [g.sum(0) for g in fast_grads]
-    else:
-        grads = [torch.zeros_like(p) for p in leaves]
-        for s in spans:
-            again = adapt_tasks(backbone, params, support_x[s], support_y[s], steps, inner_lr, True)
-            for acc, g in zip(grads, torch.autograd.grad(
-                [again[n] for n in names], leaves, [g[s] for g in fast_grads], allow_unused=True, materialize_grads=True
-            )):
-                acc += g
+    grads = [torch.zeros_like(p) for p in leaves]
+    losses: list[torch.Tensor] = []
+    outputs: list[torch.Tensor] = []
+    for s in spans:
+        xs, ys = support_x[s], support_y[s]
+        size = xs.shape[0]
+        fast = {n: p.detach().unsqueeze(0).expand(size, *p.shape) for n, p in params.items()}
+        inputs = []
+        for _ in range(steps):
+            fast = {n: p.detach().requires_grad_(True) for n, p in fast.items()}
+            inputs.append(fast)
+            fast = _tasks_step(backbone, fast, xs, ys, inner_lr, False)
+        lam, chunk_losses, chunk_outputs = _query_gradients(
+            backbone, {n: p.detach() for n, p in fast.items()}, query_x[s], query_y[s], query_forward, 1.0 / tasks
+        )
+        losses += chunk_losses
+        outputs += chunk_outputs
+        if not first_order:
+            for k in range(steps - 1, 0, -1):
+                stepped = _tasks_step(backbone, inputs[k], xs, ys, inner_lr, True)
+                lam = list(torch.autograd.grad(
+                    [stepped[n] for n in names], [inputs[k][n] for n in names], lam, allow_unused=True, materialize_grads=True
+                ))
+                inputs[k] = None
+            if steps > 0:
+                expanded = {n: p.unsqueeze(0).expand(size, *p.shape) for n, p in params.items()}
+                stepped = _tasks_step(backbone, expanded, xs, ys, inner_lr, True)
+                for acc, g in zip(grads, torch.autograd.grad(
+                    [stepped[n] for n in names], leaves, lam, allow_unused=True, materialize_grads=True
+                )):
+                    acc += g
+                continue
+        # First order, or no inner step: d theta'/d theta is the identity.
+        for acc, g in zip(grads, lam):
+            acc += g.sum(0)
     return MetaGradient(dict(zip(names, grads)), torch.stack(losses), outputs)
 
 

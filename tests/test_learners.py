@@ -238,12 +238,12 @@ def test_evaluation_in_worker_processes_matches_in_process(omniglot_vinyals, mon
 
 
 def test_maml_chooses_and_checks_the_core_layout_and_path() -> None:
-    """On CPU MAML runs contiguous and per task by default, channels-last and chunked when asked;
-    a bad layout is a one-line error that names the fix."""
+    """On CPU MAML runs images channels-last and per task by default, contiguous and chunked when
+    asked; regression stays contiguous; a bad layout is a one-line error that names the fix."""
     images = build_learner("maml", 5, (1, 28, 28), 10, torch.device("cpu"), 0)
-    assert (images.path, images.layout) == ("per_task", "contiguous")
-    fast = build_learner("maml", 5, (1, 28, 28), 10, torch.device("cpu"), 0, {"layout": "channels_last", "path": "chunked"})
-    assert (fast.path, fast.layout) == ("chunked", "channels_last")
+    assert (images.path, images.layout) == ("per_task", "channels_last")
+    other = build_learner("maml", 5, (1, 28, 28), 10, torch.device("cpu"), 0, {"layout": "contiguous", "path": "chunked"})
+    assert (other.path, other.layout) == ("chunked", "contiguous")
     sine = build_learner("maml", 1, (1,), 10, torch.device("cpu"), 0)
     assert (sine.path, sine.layout) == ("per_task", "contiguous")
     with pytest.raises(ConfigError, match=r"unknown layout 'nhwc' for maml: use --set maml.layout=auto\|contiguous\|channels_last"):
