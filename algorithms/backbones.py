@@ -7,13 +7,16 @@ Finn et al. (2017, Sec. 5.2), Snell et al. (2017, Sec. 3.1) and Nichol et al. (2
 Batch norm is **transductive**: it always normalises with the statistics of the batch it is
 given, at meta-training and at meta-test time, and keeps no running statistics (Finn et al. 2017,
 Sec. 5.2 and their released code; Nichol et al. 2018, Sec. 6 call this the transductive setting).
-Two implementations compute the same function: ``"native"`` calls ``F.batch_norm(training=True)``
-without running statistics (one fused kernel; measured 2.15x faster than the tensor-op form for a
-Conv4 forward+backward on 360 Omniglot images and 1.6x on 80, on 2 CPU cores, with second-order
-gradients equal to 1e-14 relative in float64), and ``"tensor_ops"`` writes mean and variance with
-tensor operations. Use ``"tensor_ops"`` under ``torch.func.vmap``: vmap over
-``nn.BatchNorm2d(track_running_stats=False)`` silently returns wrong second-order
-meta-gradients on torch 2.13 (see the design notes).
+The module :class:`BatchStatNorm2d` has two implementations of the same function: ``"native"``
+calls ``F.batch_norm(training=True)`` without running statistics (one fused kernel; measured
+2.15x faster than the tensor-op form for a Conv4 forward+backward on 360 Omniglot images and 1.6x
+on 80, on 2 CPU cores, with second-order gradients equal to 1e-14 relative in float64), and
+``"tensor_ops"`` writes mean and variance with tensor operations. Use ``"tensor_ops"`` under
+``torch.func.vmap``: vmap over ``nn.BatchNorm2d(track_running_stats=False)`` silently returns
+wrong second-order meta-gradients on torch 2.13 (see the design notes). The functional forms
+(:func:`conv4_forward`) have a third, ``"twice"``, and compute each block's batch norm and
+max-pool together (``BLOCKS``): fused once-differentiable kernels for ``"native"``, a
+hand-derived second derivative for ``"twice"``.
 
 Each block applies the max-pool before the ReLU. ReLU is monotone, so ``relu(maxpool(x)) ==
 maxpool(relu(x))`` exactly, with the same gradients (the max of a window is positive in both or in

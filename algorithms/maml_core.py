@@ -38,12 +38,15 @@ numbers (checked against each other and against finite differences in the tests)
 (:func:`~metabench.algorithms.backbones.channels_last`; every Conv4 operation keeps the layout it
 is given). The same function either way; float32 results differ by rounding only.
 
-Batch-norm forms: the support pass is differentiated twice (second order), and the fused
-``F.batch_norm`` kernel's double backward is a slow composite, so the second-order support pass
-uses :func:`~metabench.algorithms.batch_norm.batch_norm_twice` (fused kernels with a hand-derived
-second derivative; measured 15-40% faster than batch norm in tensor operations on 2 CPU cores,
-and 29% fewer bytes kept per task and inner step: 6.4 vs 9.0 MiB for 5 Omniglot images);
-the query pass and first-order inner loops are differentiated once, so they use the fused kernel.
+Batch-norm and max-pool forms: the support pass is differentiated twice (second order), and the
+fused ``F.batch_norm`` kernel's double backward is a slow composite, so the second-order support
+pass uses :func:`~metabench.algorithms.batch_norm.batch_norm_twice` (fused kernels with a
+hand-derived second derivative; measured 15-40% faster than batch norm in tensor operations on 2
+CPU cores, and 29% fewer bytes kept per task and inner step: 6.4 vs 9.0 MiB for 5 Omniglot
+images) and :func:`~metabench.algorithms.max_pool.max_pool_2x2` (keeps the argmax, not the
+batch-norm output); the query pass and first-order inner loops are differentiated once, so they
+use :func:`~metabench.algorithms.norm_pool.batch_norm_max_pool` (batch norm and max-pool with one
+fused backward pass that never builds the full-size pooling gradient).
 ``vmap`` uses batch norm in tensor operations: under ``vmap``, ``nn.BatchNorm2d`` silently gives
 wrong second-order meta-gradients on torch 2.13 (the tests catch the difference).
 
@@ -317,11 +320,12 @@ def default_chunk(support_x: torch.Tensor, query_x: torch.Tensor, steps: int) ->
     One support image kept for one inner step costs about as much peak memory as
     ``SUPPORT_IMAGE_STEP_COST`` query images (its saved graph, 1.3 MiB per Omniglot image and
     step, plus the temporaries of its double backward). So, at 5-way 1-shot with 15 queries per
-    class: 4 tasks per chunk at 1 inner step, 2 at 2 steps, 1 from 3 steps on. Measured on 2 CPU
-    cores (Conv4, 28 x 28, channels-last, meta-batch 16, peak resident-set growth as
-    ``metabench time`` measures it): at 1 step 82 MiB for chunks of 1 task, 115 MiB for 4,
-    173 MiB for 8; at 5 steps 116 MiB for 1 task and 179 MiB for 2 (learn2learn: 140 and
-    163 MiB).
+    class: 4 tasks per chunk at 1 inner step, 2 at 2 steps, 1 from 3 steps on (``recompute``
+    keeps one step's graph at a time and asks for the 1-step chunk). Measured on 2 CPU cores
+    (Conv4, 28 x 28, channels-last, meta-batch 16, peak resident-set growth as ``metabench time``
+    measures it, with the argmax-only max-pool and the fused query block): ``chunked`` at 1 step
+    85 MiB for chunks of 2 tasks and 104 MiB for 4, at 5 steps 153 MiB for 2 and 233 MiB for 4;
+    ``per_task`` 77 and 125 MiB; learn2learn 128 and 153 MiB in the same session.
 
     Args:
         support_x: ``[T, N*K, ...]``; query_x: ``[T, N*Q, ...]``. steps: inner steps.
