@@ -58,6 +58,26 @@ def _channels_last_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, centred.mul_(centred).mean(0)
 
 
+def normalize(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward pass of transductive batch norm, outside autograd: ``(y, mean, invstd)`` with
+    ``y`` like ``x`` ``[B, C, ...]`` and the per-channel batch mean and ``1/sqrt(var + eps)``
+    ``[C]`` (biased variance), from ATen's fused kernel.
+
+    PyTorch 2.13's fused CPU kernel accumulates channels-last statistics with a large float32
+    error (first Conv4 block, 75 Omniglot-like images: relative error 8.7e-5 in the mean and
+    5.1e-5 in 1/std, against 3e-8 for the contiguous kernel; second-order MAML amplified it to
+    7e-3 in the float32 meta-gradient). So for channels-last ``x`` the statistics come from
+    :func:`_channels_last_stats` and the kernel's inference mode normalises with them.
+    """
+    if _layout(x) is torch.channels_last:
+        mean, var = _channels_last_stats(x)
+        y = torch.native_batch_norm(x, weight, bias, mean, var, False, 0.0, eps)[0]
+        return y, mean, (var + eps).rsqrt()
+    return torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+
+
 def _r_p(v: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, eps: float) -> torch.Tensor:
     """``r P v``: the batch-norm input gradient of ``v`` without a weight (one fused kernel)."""
     grad_input, _, _ = torch.ops.aten.native_batch_norm_backward(
@@ -109,18 +129,7 @@ class _BatchNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        if _layout(x) is torch.channels_last:
-            # PyTorch 2.13's fused CPU batch norm accumulates channels-last statistics with a
-            # large float32 error (first Conv4 block, 75 Omniglot-like images: relative error
-            # 8.7e-5 in the mean and 5.1e-5 in 1/std, against 3e-8 for the contiguous kernel;
-            # second-order MAML amplified it to 7e-3 in the float32 meta-gradient). So the
-            # statistics come from _channels_last_stats, and the fused kernel's inference mode
-            # normalises with them.
-            mean, var = _channels_last_stats(x)
-            invstd = (var + eps).rsqrt()
-            y = torch.native_batch_norm(x, weight, bias, mean, var, False, 0.0, eps)[0]
-        else:
-            y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        y, mean, invstd = normalize(x, weight, bias, eps)
         ctx.save_for_backward(x, weight)
         ctx.stats = (mean, invstd, eps)
         return y

@@ -26,7 +26,8 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
-from .batch_norm import _channels_last_stats, _layout
+from .batch_norm import _layout, normalize
+from .max_pool import _gather_at
 
 _KERNEL, _STRIDE, _PADDING, _DILATION = [2, 2], [2, 2], [0, 0], [1, 1]
 
@@ -42,30 +43,14 @@ def _scatter_add(dx: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) 
         dx.view(n, c, -1).scatter_add_(2, indices.reshape(n, c, h * w), values.reshape(n, c, h * w))
 
 
-def _gather(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """``x[n, c].flatten()[indices[n, c, i, j]]``, shaped like ``indices``."""
-    n, c, h, w = indices.shape
-    if _layout(x) is torch.channels_last:
-        rows = x.permute(0, 2, 3, 1).reshape(n, -1, c)
-        return rows.gather(1, indices.permute(0, 2, 3, 1).reshape(n, h * w, c)).view(n, h, w, c).permute(0, 3, 1, 2)
-    return x.reshape(n, c, -1).gather(2, indices.reshape(n, c, h * w)).view(n, c, h, w)
-
-
 class _NormPool(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        if _layout(x) is torch.channels_last:
-            # Accurate statistics (the fused channels-last kernel's are not; see batch_norm).
-            mean, var = _channels_last_stats(x)
-            invstd = (var + eps).rsqrt()
-            y = torch.native_batch_norm(x, weight, bias, mean, var, False, 0.0, eps)[0]
-        else:
-            var = None
-            y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        y, mean, invstd = normalize(x, weight, bias, eps)
         out, indices = torch.ops.aten.max_pool2d_with_indices(y, _KERNEL, _STRIDE, _PADDING, _DILATION, False)
         del y
         ctx.save_for_backward(x, weight, indices)
-        ctx.stats = (mean, invstd, var, eps)
+        ctx.stats = (mean, invstd, eps)
         return out
 
     @staticmethod
@@ -77,16 +62,15 @@ class _NormPool(Function):
                 "(Conv4's norm='twice') for second-order gradients"
             )
         x, weight, indices = ctx.saved_tensors
-        mean, invstd, var, eps = ctx.stats
+        mean, invstd, eps = ctx.stats
         gp = gp.contiguous(memory_format=_layout(indices))
         n = x.numel() // x.shape[1]
         dims = [0, 2, 3]
         s = gp.sum(dims)
-        xh_at = (_gather(x, indices) - mean.view(1, -1, 1, 1)) * invstd.view(1, -1, 1, 1)
+        xh_at = (_gather_at(x, indices) - mean.view(1, -1, 1, 1)) * invstd.view(1, -1, 1, 1)
         t = (gp * xh_at).sum(dims)
         gamma_r = weight * invstd
-        if var is None:
-            var = invstd.pow(-2) - eps  # the variance whose (var + eps)^-1/2 is invstd
+        var = invstd.pow(-2) - eps  # the variance whose (var + eps)^-1/2 is invstd
         dx = torch.native_batch_norm(x, -gamma_r * t / n, -gamma_r * s / n, mean, var, False, 0.0, eps)[0]
         _scatter_add(dx, indices, gp * gamma_r.view(1, -1, 1, 1))
         return dx, t, s, None
