@@ -88,9 +88,11 @@ class Backbone:
     Attributes:
         name: for messages.
         forward: ``forward(params, x, norm) -> outputs`` for one task; ``norm`` is ``"native"``
-            or ``"tensor_ops"`` (ignored by networks without batch norm).
-        tasks_forward: ``tasks_forward(stacked_params, xs) -> outputs`` for T tasks at once
-            (``[T, M, ...]``), twice differentiable; ``None`` if the backbone has none.
+            (differentiable once), ``"twice"`` (twice differentiable) or ``"tensor_ops"``
+            (safe under ``vmap``); ignored by networks without batch norm.
+        tasks_forward: ``tasks_forward(stacked_params, xs, norm) -> outputs`` for T tasks at
+            once (``[T, M, ...]``), with the same ``norm`` forms; ``None`` if the backbone has
+            none.
         loss: ``loss(outputs, targets) -> scalar`` mean over the task's examples.
         images: inputs are images ``[..., C, H, W]`` that may be laid out channels-last.
     """
@@ -378,8 +380,10 @@ def meta_gradient(
     Raises:
         ValueError: for an unknown ``path`` or ``layout``, ``chunked``, ``batched`` or
             ``recompute`` on a backbone without ``tasks_forward``, ``channels_last`` on a
-            backbone without image inputs, or ``chunk < 1``.
+            backbone without image inputs, ``chunk < 1`` or ``steps < 0``.
     """
+    if steps < 0:
+        raise ValueError(f"inner steps must be >= 0, got {steps}")
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}: use one of {', '.join(PATHS)}")
     if path in ("chunked", "batched", "recompute") and backbone.tasks_forward is None:
@@ -468,10 +472,11 @@ def _recompute(
         xs, ys = support_x[s], support_y[s]
         size = xs.shape[0]
         fast = {n: p.detach().unsqueeze(0).expand(size, *p.shape) for n, p in params.items()}
-        inputs = []
-        for _ in range(steps):
+        inputs: list[Params | None] = [None] * steps  # theta_k for k >= 1, second order only
+        for k in range(steps):
             fast = {n: p.detach().requires_grad_(True) for n, p in fast.items()}
-            inputs.append(fast)
+            if k > 0 and not first_order:
+                inputs[k] = fast
             fast = _tasks_step(backbone, fast, xs, ys, inner_lr, False)
         lam, chunk_losses, chunk_outputs = _query_gradients(
             backbone, {n: p.detach() for n, p in fast.items()}, query_x[s], query_y[s], query_forward, 1.0 / tasks

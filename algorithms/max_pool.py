@@ -83,9 +83,12 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
         derivatives.
 
     Raises:
-        RuntimeError: from ATen, for inputs that are not 4-d or smaller than 2 x 2.
+        ValueError: for input that is not 4-d. RuntimeError: from ATen, for input smaller than
+            2 x 2.
 
     Not usable under ``torch.func`` transforms (an autograd Function without a vmap rule): the
     ``vmap`` path's ``"tensor_ops"`` batch norm uses ``F.max_pool2d``.
     """
+    if x.dim() != 4:
+        raise ValueError(f"max_pool_2x2 takes images [B, C, H, W], got shape {tuple(x.shape)}: add a batch axis")
     return _MaxPool.apply(x)

@@ -83,7 +83,7 @@ def batch_norm_max_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     Args:
         x: ``[B, C, H, W]``, float32 or float64, contiguous or channels-last (the output and the
             input gradient keep the layout).
-        weight, bias: ``[C]`` scale and shift.
+        weight, bias: ``[C]`` scale and shift, both required.
         eps: added to the biased variance.
 
     Returns:
@@ -92,6 +92,8 @@ def batch_norm_max_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     Raises:
         RuntimeError: when its gradient is taken with ``create_graph=True`` (a second derivative
             would miss this block's terms; use ``batch_norm_twice`` and ``max_pool_2x2`` there),
-            or from ATen for inputs that are not 4-d.
+            or from ATen for mismatched shapes. ValueError: for input that is not 4-d.
     """
+    if x.dim() != 4:
+        raise ValueError(f"batch_norm_max_pool takes images [B, C, H, W], got shape {tuple(x.shape)}: add a batch axis")
     return _NormPool.apply(x, weight, bias, eps)

@@ -181,6 +181,8 @@ def test_unknown_path_is_rejected() -> None:
     backbone, params, batch, lr = sinusoid_problem(torch.float64)
     with pytest.raises(ValueError, match="unknown path 'fast': use one of per_task, chunked, batched, recompute, vmap"):
         meta_gradient(backbone, params, *batch, 1, lr, False, "fast")
+    with pytest.raises(ValueError, match="inner steps must be >= 0, got -1"):
+        meta_gradient(backbone, params, *batch, -1, lr, False, "recompute")
 
 
 def test_agreement_check_catches_vmap_over_nn_batchnorm() -> None:

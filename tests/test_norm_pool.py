@@ -92,3 +92,12 @@ def test_norm_pool_passes_gradcheck_and_refuses_a_second_derivative(layout: str)
     y = batch_norm_max_pool(x, w, b)
     with pytest.raises(RuntimeError, match="batch_norm_max_pool is differentiable once: use batch_norm_twice"):
         torch.autograd.grad((y * y).sum(), x, create_graph=True)
+
+
+def test_pooling_forms_reject_input_that_is_not_4d() -> None:
+    """3-d input would pool across channels silently in ATen: a one-line error instead."""
+    x = torch.randn(3, 4, 6)
+    with pytest.raises(ValueError, match=r"max_pool_2x2 takes images \[B, C, H, W\], got shape \(3, 4, 6\): add a batch axis"):
+        max_pool_2x2(x)
+    with pytest.raises(ValueError, match=r"batch_norm_max_pool takes images \[B, C, H, W\], got shape \(3, 4, 6\)"):
+        batch_norm_max_pool(x, torch.ones(4), torch.zeros(4))
