@@ -64,8 +64,8 @@ def normalize(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The forward pass of transductive batch norm, outside autograd: ``(y, mean, invstd)`` with
     ``y`` like ``x`` ``[B, C, ...]`` and the per-channel batch mean and ``1/sqrt(var + eps)``
-    ``[C]`` (biased variance): ATen's fused kernel, or for channels-last ``x`` its inference mode
-    with statistics from tensor operations.
+    ``[C]`` (biased variance; Ioffe & Szegedy 2015, Alg. 1): ATen's fused kernel, or for
+    channels-last ``x`` its inference mode with statistics from tensor operations.
 
     PyTorch 2.13's fused CPU kernel accumulates channels-last statistics with a large float32
     error (first Conv4 block, 75 Omniglot-like images: relative error 8.7e-5 in the mean and

@@ -20,20 +20,24 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
-_KERNEL, _STRIDE, _PADDING, _DILATION = [2, 2], [2, 2], [0, 0], [1, 1]
+from .batch_norm import _layout
+
+# 2 x 2 windows, stride 2 (ATen's max_pool2d arguments), shared with norm_pool.
+POOL_ARGS = ([2, 2], [2, 2], [0, 0], [1, 1], False)
 
 
-def _channels_last(t: torch.Tensor) -> bool:
-    return t.stride(1) == 1 and t.shape[1] > 1 and t.shape[2] * t.shape[3] > 1
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """Channels-last ``t`` ``[N, C, H, W]`` as the view ``[N, H*W, C]`` of its memory."""
+    n, c = t.shape[:2]
+    return t.permute(0, 2, 3, 1).reshape(n, -1, c)
 
 
 def _gather_at(gg: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """``gg`` ``[N, C, H, W]`` read at the flat in-plane positions ``indices`` ``[N, C, h, w]``
     (``gg[n, c].flatten()[indices[n, c, i, j]]``), in the layout of ``gg``."""
     n, c, h, w = indices.shape
-    if _channels_last(gg):
-        rows = gg.permute(0, 2, 3, 1).reshape(n, -1, c)
-        picked = rows.gather(1, indices.permute(0, 2, 3, 1).reshape(n, h * w, c))
+    if _layout(gg) is torch.channels_last:
+        picked = _rows(gg).gather(1, _rows(indices))
         return picked.view(n, h, w, c).permute(0, 3, 1, 2)
     return gg.reshape(n, c, -1).gather(2, indices.reshape(n, c, h * w)).view(n, c, h, w)
 
@@ -45,9 +49,7 @@ class _Unpool(Function):
     def forward(ctx, g, indices, shape, stride):
         like_input = torch.empty_strided(shape, stride, dtype=g.dtype, device=g.device)  # never written or read
         ctx.save_for_backward(indices)
-        return torch.ops.aten.max_pool2d_with_indices_backward(
-            g, like_input, _KERNEL, _STRIDE, _PADDING, _DILATION, False, indices
-        )
+        return torch.ops.aten.max_pool2d_with_indices_backward(g, like_input, *POOL_ARGS, indices)
 
     @staticmethod
     def backward(ctx, gg):
@@ -60,7 +62,7 @@ class _MaxPool(Function):
 
     @staticmethod
     def forward(ctx, x):
-        out, indices = torch.ops.aten.max_pool2d_with_indices(x, _KERNEL, _STRIDE, _PADDING, _DILATION, False)
+        out, indices = torch.ops.aten.max_pool2d_with_indices(x, *POOL_ARGS)
         ctx.save_for_backward(indices)
         ctx.geometry = (tuple(x.shape), tuple(x.stride()))
         return out

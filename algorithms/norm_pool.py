@@ -27,9 +27,7 @@ import torch
 from torch.autograd import Function
 
 from .batch_norm import _layout, normalize
-from .max_pool import _gather_at
-
-_KERNEL, _STRIDE, _PADDING, _DILATION = [2, 2], [2, 2], [0, 0], [1, 1]
+from .max_pool import POOL_ARGS, _gather_at, _rows
 
 
 def _scatter_add(dx: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> None:
@@ -37,8 +35,7 @@ def _scatter_add(dx: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) 
     either layout (``indices`` and ``values`` in the same layout as ``dx``)."""
     n, c, h, w = indices.shape
     if _layout(dx) is torch.channels_last:
-        rows = dx.permute(0, 2, 3, 1).reshape(n, -1, c)
-        rows.scatter_add_(1, indices.permute(0, 2, 3, 1).reshape(n, h * w, c), values.permute(0, 2, 3, 1).reshape(n, h * w, c))
+        dx.permute(0, 2, 3, 1).view(n, -1, c).scatter_add_(1, _rows(indices), _rows(values))
     else:
         dx.view(n, c, -1).scatter_add_(2, indices.reshape(n, c, h * w), values.reshape(n, c, h * w))
 
@@ -47,7 +44,7 @@ class _NormPool(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
         y, mean, invstd = normalize(x, weight, bias, eps)
-        out, indices = torch.ops.aten.max_pool2d_with_indices(y, _KERNEL, _STRIDE, _PADDING, _DILATION, False)
+        out, indices = torch.ops.aten.max_pool2d_with_indices(y, *POOL_ARGS)
         del y
         ctx.save_for_backward(x, weight, indices)
         ctx.stats = (mean, invstd, eps)
