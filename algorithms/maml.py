@@ -44,6 +44,7 @@ from .maml_core import (
     choose_layout,
     choose_path,
     compiled_query_forward,
+    cpu_chunk,
     meta_gradient,
 )
 from .protocol import EpisodeShape, MetaLearner, StepResult
@@ -113,6 +114,14 @@ class MAML(MetaLearner):
     Config = MAMLConfig
     KINDS = ("classification", "regression")
     REGRESSION_DEFAULTS: ClassVar[dict[str, Any]] = _SINUSOID
+    #: ``paper``: Finn et al.'s released Omniglot runs take 60,000 meta-iterations (the
+    #: ``metatrain_iterations`` of the README's commands), the sinusoid runs 70,000. ``quick``:
+    #: sized for the quick budget's 15 minutes on 2 CPU cores (README).
+    ITERATIONS: ClassVar[dict[str, int]] = {"quick": 220, "paper": 60000}
+    REGRESSION_ITERATIONS: ClassVar[dict[str, int]] = {"quick": 6000, "paper": 70000}
+    #: About 5 minutes of training on 2 CPU cores between validations of 1000 episodes (about a
+    #: minute), when training to convergence.
+    VALIDATE_EVERY: ClassVar[int] = 1000
 
     def __init__(self, config: MAMLConfig, ways, image_shape, total_iterations, device, seed) -> None:
         super().__init__(config, ways, image_shape, total_iterations, device, seed)
@@ -128,7 +137,7 @@ class MAML(MetaLearner):
             self._backbone = CONV4
             self._model = Conv4(channels, height, n_outputs=ways).to(device)
         self.optimizer = torch.optim.Adam(self._model.parameters(), lr=config.meta_lr)
-        self.path = choose_path(self._backbone, device) if config.path == "auto" else config.path
+        self._paths: dict[int, tuple[str, int | None]] = {}  # images per task -> (path, chunk) for "auto"
         if config.layout == "channels_last" and not self._backbone.images:
             raise ConfigError(f"{self.name}.layout=channels_last needs image inputs: use --set {self.name}.layout=auto")
         self.layout = choose_layout(self._backbone, device) if config.layout == "auto" else config.layout
@@ -142,15 +151,30 @@ class MAML(MetaLearner):
         q = self.config.train_queries if self.config.train_queries is not None else shots
         return EpisodeShape(ways, shots, q, self.config.meta_batch)
 
+    def core_path(self, images_per_task: int) -> tuple[str, int | None]:
+        """The core's path and chunk (``None``: the path's default) for tasks of
+        ``images_per_task`` support and query images: ``path`` and ``chunk`` as configured, or
+        for ``path=auto`` :func:`~metabench.algorithms.maml_core.choose_path` with
+        :func:`~metabench.algorithms.maml_core.cpu_chunk` tasks per chunk on CPU."""
+        cfg = self.config
+        if cfg.path != "auto":
+            return cfg.path, cfg.chunk or None
+        if images_per_task not in self._paths:
+            path = choose_path(self._backbone, self.device, images_per_task)
+            chunk = cfg.chunk or (cpu_chunk(images_per_task) if path == "chunked" and self.device.type == "cpu" else None)
+            self._paths[images_per_task] = (path, chunk)
+        return self._paths[images_per_task]
+
     def meta_train_step(self, episodes: Sequence[Episode]) -> StepResult:
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
         params = dict(self._model.named_parameters())
+        path, chunk = self.core_path(episodes[0].support_x.shape[0] + episodes[0].query_x.shape[0])
         result = meta_gradient(
             self._backbone, params,
             torch.stack([e.support_x for e in episodes]), torch.stack([e.support_y for e in episodes]),
             torch.stack([e.query_x for e in episodes]), torch.stack([e.query_y for e in episodes]),
-            cfg.train_inner_steps, cfg.inner_lr, cfg.first_order, self.path, self._query_forward, cfg.chunk or None,
+            cfg.train_inner_steps, cfg.inner_lr, cfg.first_order, path, self._query_forward, chunk,
             self.layout,
         )
         for name, p in params.items():
@@ -211,3 +235,8 @@ class FirstOrderMAML(MAML):
     #: in the second derivatives (Finn et al. 2017 report first-order MAML for miniImageNet only,
     #: Sec. 5.2; the sinusoid has no published first-order setting).
     REGRESSION_DEFAULTS: ClassVar[dict[str, Any]] = _SINUSOID
+    ITERATIONS: ClassVar[dict[str, int]] = {"quick": 200, "paper": 60000}
+    REGRESSION_ITERATIONS: ClassVar[dict[str, int]] = {"quick": 6000, "paper": 70000}
+    #: Half the time per iteration of second-order MAML, so twice the iterations between
+    #: validations.
+    VALIDATE_EVERY: ClassVar[int] = 2000

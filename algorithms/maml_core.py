@@ -123,20 +123,43 @@ class MetaGradient:
     outputs: list[torch.Tensor]
 
 
-def choose_path(backbone: Backbone, device: torch.device) -> str:
-    """The default path: ``per_task`` on CPU; on CUDA ``recompute`` where the backbone has a
-    task-batched forward, else ``vmap``.
+#: Images (support and query) one chunk of tasks should hold on CPU for the ``auto`` path:
+#: about one 5-way 1-shot task with 15 queries per class, the batch at which ``per_task`` was
+#: fastest (see :func:`choose_path`).
+CPU_CHUNK_IMAGES = 80
 
-    On 2 CPU cores (Conv4, 5-way 1-shot, 15 queries per class, meta-batch 16, channels-last)
-    ``per_task`` has the lowest peak memory of all paths and was as fast as ``chunked`` at 1 inner
-    step and faster at 5 (single-process interleaved runs: 0.71x and 0.73-0.80x learn2learn's
-    time for ``per_task``, 0.70x and 0.75-0.86x for ``chunked``, 0.77-0.81x for ``recompute``
-    at 5 steps); the README's timing table is the committed measurement. The CUDA choice is not
-    measured yet (no GPU was available).
+
+def cpu_chunk(images_per_task: int) -> int:
+    """Tasks per chunk on CPU: as many as hold about :data:`CPU_CHUNK_IMAGES` images, at least 1."""
+    return max(1, CPU_CHUNK_IMAGES // max(1, images_per_task))
+
+
+def choose_path(backbone: Backbone, device: torch.device, images_per_task: int | None = None) -> str:
+    """The default path for tasks of ``images_per_task`` support and query images (``None``:
+    the timing benchmark's 5-way 1-shot tasks with 15 queries per class).
+
+    On CUDA: ``recompute`` where the backbone has a task-batched forward, else ``vmap`` (not
+    measured yet: no GPU was available). On CPU: ``chunked`` with :func:`cpu_chunk` tasks per
+    chunk when at least two tasks fit in a chunk and the backbone takes images and has a
+    task-batched forward, else ``per_task`` (the MLP's regression tasks were not measured).
+
+    Measured on 2 CPU cores (Conv4, channels-last, 1 inner step). At 5-way 1-shot with 15
+    queries per class and meta-batch 16 (80 images per task), ``per_task`` has the lowest peak
+    memory of all paths and was as fast as ``chunked`` at 1 inner step and faster at 5
+    (single-process interleaved runs: 0.71x and 0.73-0.80x learn2learn's time for ``per_task``,
+    0.70x and 0.75-0.86x for ``chunked``); the README's timing table is the committed
+    measurement. At MAML's *training* shape, 5-way 1-shot with 1 query per class and meta-batch
+    32 (10 images per task; 15 interleaved repetitions in one process), small per-task batches
+    leave the kernels' per-call cost unpaid: second-order MAML took 348 ms per step with
+    ``per_task``, 387 ms ``batched``, 290 / 278 / 351 ms ``chunked`` with 4 / 8 / 16 tasks per
+    chunk, 339 ms ``recompute`` with 8; first-order MAML 156, 152, 157 / 143 / 143 and 142 ms.
+    Chunks of 8 tasks (80 images) were the fastest for both, 0.80x and 0.92x ``per_task``.
     """
-    if device.type == "cpu":
-        return "per_task"
-    return "recompute" if backbone.tasks_forward is not None else "vmap"
+    if device.type != "cpu":
+        return "recompute" if backbone.tasks_forward is not None else "vmap"
+    if backbone.images and backbone.tasks_forward is not None and images_per_task is not None and cpu_chunk(images_per_task) >= 2:
+        return "chunked"
+    return "per_task"
 
 
 def choose_layout(backbone: Backbone, device: torch.device) -> str:

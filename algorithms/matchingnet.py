@@ -108,6 +108,11 @@ class MatchingNet(MetaLearner):
     name = "matchingnet"
     Config = MatchingNetConfig
     WHY_NOT = "it labels queries by attention over labelled support examples, and regression tasks have no classes"
+    #: ``paper``: Vinyals et al. (2016) give no count; 20,000 episodes, as for Prototypical
+    #: Networks.
+    ITERATIONS: ClassVar[dict[str, int]] = {"quick": 800, "paper": 20000}
+    #: About 2 minutes of training on 2 CPU cores between validations (about 30 s).
+    VALIDATE_EVERY: ClassVar[int] = 1000
 
     def __init__(self, config: MatchingNetConfig, ways, image_shape, total_iterations, device, seed) -> None:
         super().__init__(config, ways, image_shape, total_iterations, device, seed)

@@ -69,6 +69,9 @@ class Pretrained(MetaLearner):
     KINDS = ("regression",)
     WHY_NOT = "the pretrained baseline is implemented for regression only (a classification analogue needs a head over every training class): drop it from --learners"
 
+    #: ``paper``: as MAML's sinusoid runs (70,000 steps, Finn et al.'s released code).
+    REGRESSION_ITERATIONS: ClassVar[dict[str, int]] = {"quick": 6000, "paper": 70000}
+
     def __init__(self, config: PretrainedConfig, ways, image_shape, total_iterations, device, seed) -> None:
         super().__init__(config, ways, image_shape, total_iterations, device, seed)
         self._model = MLP((image_shape[0], 40, 40, ways)).to(device)
@@ -103,6 +106,11 @@ class Pretrained(MetaLearner):
     def predict(self, episode: Episode) -> torch.Tensor:
         steps = self.config.test_inner_steps
         return self.predict_steps(episode, [steps])[steps]
+
+    def restore_tuned(self, settings) -> None:
+        """Use the fine-tuning step size ``settings["test_lr"]`` chosen by :meth:`finish_training`."""
+        if "test_lr" in settings:
+            self.test_lr = float(settings["test_lr"])
 
     def finish_training(self, val_episodes: Sequence[Episode]) -> dict[str, Any]:
         """Choose the fine-tuning step size: the one of :data:`FINETUNE_LRS` with the lowest

@@ -63,8 +63,15 @@ class MetaLearner(ABC):
     Subclasses set ``name`` (command-line name), ``title`` (name in tables), ``Config`` (a
     frozen dataclass of hyperparameters whose defaults follow the learner's paper), ``KINDS``
     (the problem kinds it supports, with ``WHY_NOT`` saying why for the others), optionally
-    ``REGRESSION_DEFAULTS`` (hyperparameters that differ for regression, with their source), and
-    implement the abstract methods.
+    ``REGRESSION_DEFAULTS`` (hyperparameters that differ for regression, with their source), its
+    training budgets (``ITERATIONS`` and ``REGRESSION_ITERATIONS``: meta-iterations per budget
+    preset, ``paper`` being the paper's count; ``VALIDATE_EVERY``: iterations between validations
+    when training to convergence), and implement the abstract methods. A new learner is its file
+    plus one line in :data:`metabench.algorithms.LEARNERS`.
+
+    Learners that keep state besides the network and ``self.optimizer`` /
+    ``self.scheduler`` (a random generator, say) extend :meth:`training_state` and
+    :meth:`load_training_state`, so that a resumed training continues bit for bit.
 
     Args:
         config: the learner's hyperparameters (an instance of ``Config``).
@@ -83,6 +90,9 @@ class MetaLearner(ABC):
     KINDS: ClassVar[tuple[str, ...]] = ("classification",)
     WHY_NOT: ClassVar[str] = ""
     REGRESSION_DEFAULTS: ClassVar[dict[str, Any]] = {}
+    ITERATIONS: ClassVar[dict[str, int]] = {}
+    REGRESSION_ITERATIONS: ClassVar[dict[str, int]] = {}
+    VALIDATE_EVERY: ClassVar[int] = 1000
 
     def __init__(
         self,
@@ -152,6 +162,11 @@ class MetaLearner(ABC):
         """
         return {}
 
+    def restore_tuned(self, settings: Mapping[str, Any]) -> None:
+        """Apply settings that :meth:`finish_training` chose (as it returned them) to a learner
+        rebuilt from kept weights, so that it predicts as the trained one did; most learners
+        have none."""
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The meta-learned parameters (to save or to compare)."""
         return self.model.state_dict()
@@ -159,6 +174,52 @@ class MetaLearner(ABC):
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load parameters saved by :meth:`state_dict`."""
         self.model.load_state_dict(state)
+
+    def training_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything a resumed meta-training needs to continue exactly where this one is.
+
+        Returns:
+            ``(tensors, meta)``: the network's ``model.*`` tensors, the optimizer's
+            ``optimizer.*`` tensors (Adam's moments and step counts) and ``iteration``, the
+            optimizer's hyperparameter groups and the scheduler's state in ``meta`` (plain JSON
+            values). Saved by :mod:`metabench.checkpoint` without pickling.
+        """
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        meta: dict[str, Any] = {"iteration": self.iteration}
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None:
+            state = optimizer.state_dict()
+            for index, slots in state["state"].items():
+                for slot, value in slots.items():
+                    if not isinstance(value, torch.Tensor):
+                        raise TypeError(f"optimizer state {slot} is not a tensor")
+                    tensors[f"optimizer.{index}.{slot}"] = value
+            meta["optimizer_groups"] = state["param_groups"]
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            meta["scheduler"] = scheduler.state_dict()
+        return tensors, meta
+
+    def load_training_state(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        """Restore what :meth:`training_state` returned (tensors already on any device).
+
+        Raises:
+            KeyError, RuntimeError: if the state is of another learner or network.
+        """
+        self.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.iteration = int(meta["iteration"])
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None:
+            slots: dict[int, dict[str, torch.Tensor]] = {}
+            for key, value in tensors.items():
+                if key.startswith("optimizer."):
+                    _, index, slot = key.split(".", 2)
+                    slots.setdefault(int(index), {})[slot] = value
+            groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else dict(g) for g in meta["optimizer_groups"]]
+            optimizer.load_state_dict({"state": slots, "param_groups": groups})
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            scheduler.load_state_dict(dict(meta["scheduler"]))
 
     def parameter_count(self) -> int:
         """Number of meta-learned scalars."""

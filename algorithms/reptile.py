@@ -108,6 +108,13 @@ class Reptile(MetaLearner):
         "train_shots": 50, "meta_batch": 1, "meta_step": 0.1, "meta_step_final": 0.0,
         "test_inner_steps": 10, "test_inner_batch": 100,
     }
+    #: ``paper``: 100,000 outer iterations for Omniglot (Nichol et al. 2018, App. A, Table 3); the
+    #: sine-wave demonstration's 30,000 for regression.
+    ITERATIONS: ClassVar[dict[str, int]] = {"quick": 500, "paper": 100000}
+    REGRESSION_ITERATIONS: ClassVar[dict[str, int]] = {"quick": 15000, "paper": 30000}
+    #: A validation of 1000 episodes costs about 5 minutes (50 fine-tuning steps each), so about
+    #: 20 minutes of training between validations keep it near a fifth of the time.
+    VALIDATE_EVERY: ClassVar[int] = 5000
 
     def __init__(self, config: ReptileConfig, ways, image_shape, total_iterations, device, seed) -> None:
         super().__init__(config, ways, image_shape, total_iterations, device, seed)
@@ -195,6 +202,17 @@ class Reptile(MetaLearner):
                 p.add_(d, alpha=eps)
         self.iteration += 1
         return StepResult(float(np.mean(losses)), float(np.mean(accs)))
+
+    def training_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The protocol's state plus the generator that draws the training minibatches."""
+        tensors, meta = super().training_state()
+        meta["minibatch_rng"] = self._rng.bit_generator.state
+        return tensors, meta
+
+    def load_training_state(self, tensors, meta) -> None:
+        """Restore :meth:`training_state`, the minibatch generator included."""
+        super().load_training_state(tensors, meta)
+        self._rng.bit_generator.state = meta["minibatch_rng"]
 
     def _episode_rng(self, episode: Episode) -> np.random.Generator:
         # The minibatch order depends only on the seed and the episode, not on how often predict

@@ -63,11 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--queries", type=int, help="Q query examples per class (default 15; sinusoid: query points, default 100)")
     run.add_argument("--learners", help=f"comma-separated learners: {','.join(LEARNERS)} (default: all defined for the "
                                         "dataset; learners not defined for it are reported, not run)")
-    run.add_argument("--budget", choices=list(BUDGETS), help="training budget preset (default quick)")
-    run.add_argument("--iterations", type=int, help="meta-iterations for every learner (overrides the budget)")
+    run.add_argument("--budget", choices=list(BUDGETS), help="training budget preset (default quick; converge: train to "
+                                                             "convergence on validation, see the README)")
+    run.add_argument("--iterations", type=int, help="meta-iterations for every learner (overrides the budget; with "
+                                                    "converge, the most)")
     run.add_argument("--test-episodes", type=int, help="test episodes shared by all learners (default 600)")
-    run.add_argument("--val-episodes", type=int, help="validation episodes per learning-curve point")
-    run.add_argument("--curve-points", type=int, help="validation evaluations during training")
+    run.add_argument("--val-episodes", type=int, help="validation episodes per validation")
+    run.add_argument("--curve-points", type=int, help="validations during training, evenly spaced")
+    run.add_argument("--validate-every", type=int, help="validate every N meta-iterations instead (every learner; "
+                                                        "converge sets each learner's own)")
+    run.add_argument("--patience", type=int, help="stop after this many validations without improvement (0: never)")
+    run.add_argument("--checkpoint-minutes", type=float, help="minutes between training checkpoints (default 2; 0: every "
+                                                              "meta-iteration)")
+    run.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose working folder is DIR "
+                                                     "(DIR.incomplete/ beside the run's --out), with its own settings")
     run.add_argument("--seeds", help="comma-separated training seeds, one run of every learner per seed (default 0)")
     run.add_argument("--episode-seed", type=int, help="seed of the shared test/validation episodes (default 0)")
     run.add_argument("--device", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
@@ -168,12 +177,44 @@ def _time(args: argparse.Namespace) -> None:
     print(f"timing directory: {out}")
 
 
+#: ``metabench run`` flags that set a configuration key of the same name.
+RUN_KEYS = ("dataset", "split", "test_dataset", "test_split", "ways", "shots", "queries", "learners", "budget", "iterations",
+            "test_episodes", "val_episodes", "curve_points", "validate_every", "patience", "seeds", "episode_seed",
+            "device", "data_root", "download", "out", "image_size", "workers", "checkpoint_minutes")
+
+
+def resume_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration of the run to resume (``--resume DIR``): the one its working folder
+    recorded, with the flags that change no result (``--workers``, ``--data-root``,
+    ``--no-download``, ``--checkpoint-minutes``) applied.
+
+    Raises:
+        ConfigError: if DIR is not a working folder (or is a finished run), or other flags are given.
+    """
+    from pathlib import Path
+
+    from metabench import workdir
+
+    work = Path(args.resume)
+    if not work.name.endswith(workdir.SUFFIX) and workdir.working_folder(work).is_dir():
+        work = workdir.working_folder(work)
+    state = workdir.read_state(work)
+    given = [k for k in RUN_KEYS if getattr(args, k) is not None and k not in workdir.NOT_DEFINING]
+    if args.config or args.sets or given:
+        flags = ["--config"] * bool(args.config) + ["--set"] * bool(args.sets) + [f"--{k.replace('_', '-')}" for k in given]
+        raise ConfigError(f"--resume takes every setting from {work}/state.json: drop {', '.join(flags)}")
+    values = {k: v for k, v in state["config"].items() if k not in ("skipped", "device_resolved")}
+    values["out"] = str(workdir.run_directory(work))
+    for key in workdir.NOT_DEFINING - {"out"}:
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    return values
+
+
 def run_values(args: argparse.Namespace) -> dict[str, Any]:
     """Merge the TOML file (if any) with the flags given on the command line (flags win)."""
     values: dict[str, Any] = load_toml(args.config) if args.config else {}
-    for key in ("dataset", "split", "test_dataset", "test_split", "ways", "shots", "queries", "learners", "budget", "iterations",
-                "test_episodes", "val_episodes", "curve_points", "seeds", "episode_seed", "device",
-                "data_root", "download", "out", "image_size", "workers"):
+    for key in RUN_KEYS:
         value = getattr(args, key)
         if value is not None:
             values[key] = value
@@ -199,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from metabench.runner import run  # imported here: it loads torch
 
-            config = resolve(run_values(args))
+            config = resolve(resume_values(args) if args.resume else run_values(args))
             out = run(config, progress=not args.quiet)
             print((out / "summary.md").read_text())
             print(f"run directory: {out}")
@@ -218,8 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MetabenchError as exc:
         print(f"metabench: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("metabench: interrupted; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        work = getattr(exc, "work", None)
+        if work is not None:
+            print(f"metabench: interrupted; checkpoints kept in {work}: resume with `metabench run --resume {work}` "
+                  f"(or delete it)", file=sys.stderr)
+        else:
+            print("metabench: interrupted; nothing was written", file=sys.stderr)
         return 130
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,56 +28,82 @@ else:  # pragma: no cover - Python 3.10
 class Budget:
     """How long each learner trains and how much evaluation a run does.
 
+    The meta-iterations of a learner come from the learner's class (``ITERATIONS`` for
+    classification, ``REGRESSION_ITERATIONS`` for regression, keyed by ``preset``), so that a
+    new learner brings its own budgets.
+
     Attributes:
-        iterations: meta-training steps (outer-loop updates) per learner.
+        preset: the key of the learners' iteration tables (``quick``, ``paper``).
         test_episodes: test episodes shared by all learners (600 unless a preset says otherwise).
-        val_episodes: validation episodes per point of the learning curve.
-        curve_points: validation evaluations during training (evenly spaced, the last at the end).
+        val_episodes: validation episodes per validation.
+        curve_points: validations during training, evenly spaced, the last at the end (unless
+            ``converge``).
+        converge: train to convergence: validate every ``VALIDATE_EVERY`` iterations of the
+            learner's class, keep the best-validation weights, stop after ``patience``
+            validations without improvement or at the learner's ``paper`` count, and test the
+            best weights (early stopping on validation, as Snell et al. 2017 did).
+        patience: validations without improvement before stopping (``converge`` only).
+        fixed: meta-iterations for every learner instead of the learners' tables (``smoke``).
     """
 
-    iterations: Mapping[str, int]
+    preset: str
     test_episodes: int = 600
     val_episodes: int = 20
     curve_points: int = 5
+    converge: bool = False
+    patience: int = 0
+    fixed: int | None = None
+
+    def iterations(self, name: str, kind: str) -> int:
+        """Meta-iterations of learner ``name`` on a dataset of ``kind``.
+
+        Raises:
+            ConfigError: if the learner's class has no count for this preset and kind.
+        """
+        if self.fixed is not None:
+            return self.fixed
+        cls = LEARNERS[name]
+        table = cls.REGRESSION_ITERATIONS if kind == "regression" else cls.ITERATIONS
+        if self.preset not in table:
+            raise ConfigError(f"{cls.title} ({name}) has no {self.preset!r} budget for {kind}: give --iterations, "
+                              f"or add {self.preset!r} to {cls.__name__}.{'REGRESSION_' if kind == 'regression' else ''}ITERATIONS")
+        return table[self.preset]
 
 
-#: Budget presets. ``quick`` is sized so that all five learners train and test on 600 episodes in
-#: at most 15 minutes on 2 CPU cores (see the README for the measured run). ``paper`` is the
-#: papers' schedule: Finn et al. (2017) released Omniglot runs of 60,000 meta-iterations; Nichol
-#: et al. (2018, App. A) 100,000; Snell et al. (2017) trained to convergence on validation loss
-#: and Vinyals et al. (2016) give no count, so 20,000 episodes is used for the metric learners.
+#: Validation episodes when training to convergence. Why 1000: two checkpoints' validation
+#: accuracies must differ by 0.5 points to be told apart. Per-episode accuracies of 5-way 1-shot
+#: Omniglot episodes (15 queries per class) have a standard deviation of at most 4.5 points at
+#: 96% and above (the quick run's Prototypical Networks: 96.4 +- 0.36 over 600 episodes); two
+#: means over the same 1000 episodes, even treated as independent, then have a difference with a
+#: 95% interval of 1.96 * 4.5 * sqrt(2 / 1000) = 0.39 points, below 0.5 (600 episodes: 0.51).
+CONVERGE_VAL_EPISODES = 1000
+
+#: Validations without improvement before a converging training stops. With validations 2-20
+#: minutes of training apart (``VALIDATE_EVERY``), 10 of them span 10-50% of the paper's schedule.
+CONVERGE_PATIENCE = 10
+
+#: Budget presets for image (classification) datasets. ``quick`` is sized so that all five
+#: learners train and test on 600 episodes in at most 15 minutes on 2 CPU cores (see the README
+#: for the measured run). ``paper`` is the papers' schedule (the learners' ``ITERATIONS``
+#: document their counts); ``converge`` trains to convergence on validation within it.
 BUDGETS: dict[str, Budget] = {
-    "smoke": Budget(
-        iterations={name: 2 for name in LEARNERS}, test_episodes=10, val_episodes=2, curve_points=1
-    ),
-    "quick": Budget(
-        iterations={"maml": 220, "fomaml": 200, "reptile": 500, "protonet": 300, "matchingnet": 800},
-        test_episodes=600, val_episodes=10, curve_points=3,
-    ),
-    "paper": Budget(
-        iterations={"maml": 60000, "fomaml": 60000, "reptile": 100000, "protonet": 20000, "matchingnet": 20000},
-        test_episodes=600, val_episodes=100, curve_points=20,
-    ),
+    "smoke": Budget("smoke", test_episodes=10, val_episodes=2, curve_points=1, fixed=2),
+    "quick": Budget("quick", test_episodes=600, val_episodes=10, curve_points=3),
+    "paper": Budget("paper", test_episodes=600, val_episodes=100, curve_points=20),
+    "converge": Budget("paper", test_episodes=600, val_episodes=CONVERGE_VAL_EPISODES, converge=True,
+                       patience=CONVERGE_PATIENCE),
 }
 
 #: Budget presets for regression datasets (sinusoid). ``quick`` fits all four regression learners
-#: in a few minutes on 2 CPU cores (the README gives the measured run). ``paper``: Finn et al.'s
-#: released code (github.com/cbfinn/maml, README commands) trains MAML and the pretrained
-#: baseline on sinusoids for 70,000 meta-iterations of 25 tasks; Reptile's sine-wave
-#: demonstration (Nichol & Schulman 2018) takes 30,000 one-task iterations. Validation tasks also
-#: tune the pretrained baseline's fine-tuning step size.
+#: in a few minutes on 2 CPU cores (the README gives the measured run); ``paper`` is the papers'
+#: schedule (see the learners' ``REGRESSION_ITERATIONS``). Validation tasks also tune the
+#: pretrained baseline's fine-tuning step size.
 REGRESSION_BUDGETS: dict[str, Budget] = {
-    "smoke": Budget(
-        iterations={name: 2 for name in LEARNERS}, test_episodes=10, val_episodes=2, curve_points=1
-    ),
-    "quick": Budget(
-        iterations={"maml": 6000, "fomaml": 6000, "reptile": 15000, "pretrained": 6000},
-        test_episodes=600, val_episodes=100, curve_points=5,
-    ),
-    "paper": Budget(
-        iterations={"maml": 70000, "fomaml": 70000, "reptile": 30000, "pretrained": 70000},
-        test_episodes=600, val_episodes=100, curve_points=20,
-    ),
+    "smoke": Budget("smoke", test_episodes=10, val_episodes=2, curve_points=1, fixed=2),
+    "quick": Budget("quick", test_episodes=600, val_episodes=100, curve_points=5),
+    "paper": Budget("paper", test_episodes=600, val_episodes=100, curve_points=20),
+    "converge": Budget("paper", test_episodes=600, val_episodes=CONVERGE_VAL_EPISODES, converge=True,
+                       patience=CONVERGE_PATIENCE),
 }
 
 
@@ -121,6 +147,14 @@ class RunConfig:
         budget: preset name in :data:`BUDGETS`.
         iterations: meta-training steps per learner (resolved from the budget unless given).
         test_episodes, val_episodes, curve_points: see :class:`Budget`.
+        validate_every: per learner, meta-iterations between validations (empty: validate at
+            ``curve_points`` evenly spaced iterations instead); the ``converge`` budget sets the
+            learners' ``VALIDATE_EVERY``.
+        patience: stop a learner's training after this many validations without improvement
+            of the validation accuracy (regression: MSE); 0 never stops early.
+        keep_best: test the weights of the best validation instead of the last ones.
+        checkpoint_minutes: wall-clock minutes between checkpoints of a training (0: after every
+            meta-iteration); does not change any result.
         seeds: training seeds (network initialisation and training episodes); one run per seed.
         episode_seed: seed of the test and validation episodes, shared by all learners and seeds.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
@@ -148,6 +182,10 @@ class RunConfig:
     test_episodes: int = 600
     val_episodes: int = 20
     curve_points: int = 5
+    validate_every: Mapping[str, int] = field(default_factory=dict)
+    patience: int = 0
+    keep_best: bool = False
+    checkpoint_minutes: float = 2.0
     seeds: tuple[int, ...] = (0,)
     episode_seed: int = 0
     device: str = "auto"
@@ -164,6 +202,7 @@ class RunConfig:
         d["learners"] = list(self.learners)
         d["seeds"] = list(self.seeds)
         d["iterations"] = dict(self.iterations)
+        d["validate_every"] = dict(self.validate_every)
         d["skipped"] = dict(self.skipped)
         d["hparams"] = {k: dict(v) for k, v in self.hparams.items()}
         return d
@@ -283,16 +322,11 @@ def resolve(values: Mapping[str, Any]) -> RunConfig:
 
     budget_name = given.get("budget", RunConfig.budget)
     budget = budget_for(budget_name, info.kind)
-    iterations = given.get("iterations")
-    if iterations is None:
-        iterations = {name: budget.iterations[name] for name in learners}
-    elif isinstance(iterations, Mapping):
-        for name in iterations:
-            if name not in LEARNERS:
-                raise ConfigError(f"iterations given for unknown learner {name!r}: choose from {', '.join(LEARNERS)}")
-        iterations = {name: _int(f"iterations.{name}", iterations.get(name, budget.iterations[name])) for name in learners}
-    else:
-        iterations = {name: _int("iterations", iterations) for name in learners}
+    iterations = _per_learner("iterations", given.get("iterations"), learners,
+                              lambda name: budget.iterations(name, info.kind))
+    validate_every = _per_learner("validate_every", given.get("validate_every"), learners,
+                                  lambda name: LEARNERS[name].VALIDATE_EVERY if budget.converge else 0)
+    validate_every = {name: v for name, v in validate_every.items() if v}
 
     hparams = given.get("hparams", {})
     if not isinstance(hparams, Mapping):
@@ -322,6 +356,10 @@ def resolve(values: Mapping[str, Any]) -> RunConfig:
         test_episodes=_int("test_episodes", given.get("test_episodes", budget.test_episodes)),
         val_episodes=_int("val_episodes", given.get("val_episodes", budget.val_episodes)),
         curve_points=_int("curve_points", given.get("curve_points", budget.curve_points)),
+        validate_every=validate_every,
+        patience=_int("patience", given.get("patience", budget.patience)),
+        keep_best=_bool("keep_best", given.get("keep_best", budget.converge)),
+        checkpoint_minutes=_minutes(given.get("checkpoint_minutes", RunConfig.checkpoint_minutes)),
         seeds=tuple(_int("seeds", s) for s in seeds),
         episode_seed=_int("episode_seed", given.get("episode_seed", RunConfig.episode_seed)),
         device=str(given.get("device", RunConfig.device)),
@@ -336,6 +374,40 @@ def resolve(values: Mapping[str, Any]) -> RunConfig:
     return config
 
 
+def _per_learner(key: str, value: Any, learners: tuple[str, ...], default: Callable[[str], int]) -> dict[str, int]:
+    """A per-learner count from a scalar (every learner), a table by learner name (the others
+    take ``default(name)``) or nothing (``default`` for all).
+
+    Raises:
+        ConfigError: for a learner name not in the registry or a value that is not a whole number.
+    """
+    if value is None:
+        return {name: default(name) for name in learners}
+    if isinstance(value, Mapping):
+        for name in value:
+            if name not in LEARNERS:
+                raise ConfigError(f"{key} given for unknown learner {name!r}: choose from {', '.join(LEARNERS)}")
+        return {name: _int(f"{key}.{name}", value[name]) if name in value else default(name) for name in learners}
+    return {name: _int(key, value) for name in learners}
+
+
+def _minutes(value: Any) -> float:
+    """``checkpoint_minutes`` as a non-negative float.
+
+    Raises:
+        ConfigError: for anything else.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"checkpoint_minutes must be a number of minutes, got {value!r}")
+    try:
+        minutes = float(value)
+    except ValueError:
+        raise ConfigError(f"checkpoint_minutes must be a number of minutes, got {value!r}") from None
+    if not minutes >= 0:
+        raise ConfigError(f"--checkpoint-minutes must be at least 0 (got {value})")
+    return minutes
+
+
 def _check_counts(config: RunConfig, kind: str) -> None:
     """Raise :class:`ConfigError` for non-positive sizes or counts."""
     checks = {
@@ -343,7 +415,7 @@ def _check_counts(config: RunConfig, kind: str) -> None:
         "--queries": (config.queries, 1),
         "--test-episodes": (config.test_episodes, 1), "--val-episodes": (config.val_episodes, 0),
         "--curve-points": (config.curve_points, 0), "--image-size": (config.image_size, 0 if kind == "regression" else 16),
-        "--workers": (config.workers, 0),
+        "--workers": (config.workers, 0), "--patience": (config.patience, 0),
     }
     for flag, (value, low) in checks.items():
         if value < low:
@@ -351,6 +423,11 @@ def _check_counts(config: RunConfig, kind: str) -> None:
     for name, n in config.iterations.items():
         if n < 1:
             raise ConfigError(f"meta-iterations for {name} must be at least 1 (got {n}): raise --iterations")
+    for name, n in config.validate_every.items():
+        if n < 0:
+            raise ConfigError(f"--validate-every for {name} must be at least 1 (got {n})")
+    if (config.patience or config.keep_best) and config.val_episodes == 0:
+        raise ConfigError("--patience and keep_best need validation episodes: raise --val-episodes or use another budget")
     if not config.seeds:
         raise ConfigError("no seeds given: pass --seeds with at least one integer")
     if min(config.seeds) < 0 or config.episode_seed < 0:

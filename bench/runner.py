@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,19 +37,20 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from metabench import __version__
-from metabench.algorithms import LEARNERS, MetaLearner, build_learner, learner_config
-from metabench.config import RunConfig, budget_for
+from metabench import __version__, checkpoint, workdir
+from metabench.algorithms import LEARNERS, build_learner, learner_config
+from metabench.config import RunConfig
 from metabench.datasets import DATASETS, load_split
 from metabench.datasets import sinusoid as sinusoid_tasks
 from metabench.datasets.base import Split
 from metabench.datasets.sampler import EpisodeSampler, fingerprint
 from metabench.datasets.sinusoid import SinusoidSampler
-from metabench.environment import environment
+from metabench.environment import cpu_name, environment, git_commit
 from metabench.errors import ConfigError
-from metabench.evaluation import REGRESSION_STEPS, default_workers, evaluate, synchronize
+from metabench.evaluation import REGRESSION_STEPS, default_workers, evaluate
 from metabench.outdir import check_writable, write_atomically
 from metabench.statistics import mean_ci95
+from metabench.training import Checkpointer, Validation, train
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,88 +82,6 @@ def default_out(config: RunConfig) -> Path:
 
 
 Sampler = EpisodeSampler | SinusoidSampler
-
-
-@dataclass(frozen=True)
-class Validation:
-    """Validation during training: ``episodes`` episodes of ``sampler``, scored like test ones.
-
-    Classification reports ``val_accuracy`` and ``val_ci95`` (percent); regression reports
-    ``val_mse`` and ``val_mse_ci95``, the query MSE after the last of
-    :data:`~metabench.evaluation.REGRESSION_STEPS` test-time steps.
-    """
-
-    sampler: Sampler
-    episodes: int
-    kind: str
-
-    @property
-    def columns(self) -> tuple[str, str]:
-        """The two curve columns it fills."""
-        return ("val_mse", "val_mse_ci95") if self.kind == "regression" else ("val_accuracy", "val_ci95")
-
-    def __call__(self, learner: MetaLearner) -> dict[str, float]:
-        rows, _ = evaluate(learner, self.sampler, self.episodes)
-        key = f"mse_{REGRESSION_STEPS[-1]}" if self.kind == "regression" else "accuracy"
-        return dict(zip(self.columns, mean_ci95([r[key] for r in rows])))
-
-
-def train(
-    learner: MetaLearner,
-    sampler: Sampler,
-    meta_batch: int,
-    iterations: int,
-    validation: Validation | None,
-    curve_points: int,
-    desc: str | None,
-) -> tuple[list[dict], float]:
-    """Meta-train ``learner`` for ``iterations`` steps of ``meta_batch`` episodes each.
-
-    Step ``i`` uses episodes ``i*meta_batch .. (i+1)*meta_batch - 1`` of ``sampler``, so learners
-    with the same training episode shape and seed see the same tasks. ``validation`` (if given
-    and it has episodes) runs at ``curve_points`` evenly spaced iterations, the last one at the
-    end of training.
-
-    Returns:
-        ``(curve, seconds)``: curve rows (``iteration``, ``train_seconds``, ``train_loss``,
-        ``train_accuracy`` in percent averaged since the previous row (classification only),
-        and the two validation columns of :class:`Validation`, NaN between validations) and the
-        training wall-clock seconds: the time spent in ``meta_train_step`` and in moving episodes
-        to the device, excluding episode construction (shared data pipeline, not the learner's
-        cost) and validation.
-    """
-    device = learner.device
-    val_at = set()
-    if validation is not None and validation.episodes > 0 and curve_points > 0:
-        val_at = {round(x) for x in np.linspace(0, iterations, curve_points + 1)[1:]}
-    val_columns = validation.columns if validation is not None else ("val_accuracy", "val_ci95")
-    log_every = max(1, iterations // 100)
-    curve, window_loss, window_acc = [], [], []
-    seconds = 0.0
-    bar = tqdm(range(iterations), desc=desc, disable=desc is None, leave=False, unit="it")
-    for i in bar:
-        episodes = sampler.episodes(i * meta_batch, meta_batch)
-        synchronize(device)
-        start = time.perf_counter()
-        batch = [ep.to(device) for ep in episodes]
-        result = learner.meta_train_step(batch)
-        synchronize(device)
-        seconds += time.perf_counter() - start
-        window_loss.append(result.loss)
-        window_acc.append(result.accuracy)
-        step = i + 1
-        if step % log_every == 0 or step in val_at or step == iterations:
-            row = {"iteration": step, "train_seconds": seconds, "train_loss": float(np.mean(window_loss))}
-            if learner.kind == "classification":
-                row["train_accuracy"] = 100.0 * float(np.mean(window_acc))
-            row.update(dict.fromkeys(val_columns, float("nan")))
-            window_loss, window_acc = [], []
-            if step in val_at:
-                row.update(validation(learner))
-                shown = f"{row['val_accuracy']:.1f}%" if learner.kind == "classification" else f"{row['val_mse']:.3f}"
-                bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=shown)
-            curve.append(row)
-    return curve, seconds
 
 
 def summarize(episodes: pd.DataFrame, timings: pd.DataFrame, learners: tuple[str, ...]) -> pd.DataFrame:
@@ -320,25 +241,77 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM; ``work`` is its working folder (kept, resumable),
+    or ``None`` if it stopped before creating one."""
+
+    def __init__(self, work: Path | None) -> None:
+        super().__init__(str(work))
+        self.work = work
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """A CSV written by metabench, with floats read back exactly as written (pandas 3 does by
+    default; pandas 2 needs ``float_precision="round_trip"``)."""
+    if int(pd.__version__.split(".")[0]) >= 3:
+        return pd.read_csv(path)
+    return pd.read_csv(path, float_precision="round_trip")
+
+
+def _unit_name(name: str, seed: int) -> str:
+    return f"{name}-seed{seed}"
+
+
+def weights_meta(config: RunConfig, name: str, seed: int, input_shape: tuple[int, ...], kind: str,
+                 iteration: int, tuned: dict[str, Any]) -> dict[str, Any]:
+    """The JSON document stored with a learner's kept weights (``weights/<learner>-seed<k>.safetensors``):
+    what :func:`metabench.reevaluate.load_learner` needs to rebuild it without training."""
+    return {
+        "format": "metabench-weights/1", "metabench": __version__, "learner": name, "seed": seed,
+        "kind": kind, "ways": config.ways, "input_shape": list(input_shape),
+        "dataset": config.dataset, "split": config.split, "image_size": config.image_size,
+        "hparams": dict(config.hparams.get(name, {})),
+        "hyperparameters": dataclasses.asdict(learner_config(name, config.hparams.get(name), kind)),
+        "iteration": iteration, "tuned": tuned,
+    }
+
+
 def run(config: RunConfig, progress: bool = True) -> Path:
     """Run the benchmark described by ``config`` and return the finished run directory.
 
     Everything that can be checked is checked before training starts (output folder, data,
-    the test and every learner's training episode shape); results are held in memory and written
-    at the end with :func:`write_atomically`.
+    the test and every learner's training episode shape). The run works in
+    ``<out>.incomplete/`` (:mod:`metabench.workdir`): each learner x seed checkpoints its
+    training there every ``config.checkpoint_minutes`` and keeps its results there when done;
+    if that folder exists already (an interrupted run with the same ``--out``), the run
+    resumes from it, skipping finished learners. The run directory is published atomically
+    (:func:`write_atomically`) at the end and the working folder removed.
 
     Raises:
-        ConfigError: invalid settings (episode shape larger than the split, unwritable output).
+        ConfigError: invalid settings (episode shape larger than the split, unwritable output),
+            or a working folder of another configuration or other training code.
         DataError: data missing and not downloadable, or corrupt.
+        CheckpointError: a learner's checkpoints exist but none can be read.
+        RunInterrupted: on Ctrl-C or SIGTERM (the working folder is kept).
     """
     started = datetime.now(timezone.utc)
     wall_start = time.perf_counter()
     device = resolve_device(config.device)
     kind = DATASETS[config.dataset].kind
     out = Path(config.out) if config.out else default_out(config)
+    work = workdir.working_folder(out)
+    if out.exists() and work.exists():
+        raise ConfigError(f"{out} is finished and {work} is left over from it: delete {work}")
     check_writable(out)
+    record = {**config.to_dict(), "out": str(out), "device_resolved": str(device)}
+    state = None
+    if work.exists():
+        state = workdir.read_state(work)
+        workdir.check_resumable(work, state, record)
+    else:
+        check_writable(work, "working folder")
     data = _data(config)
-    iterations = {name: config.iterations.get(name) or budget_for(config.budget, kind).iterations[name] for name in config.learners}
+    iterations = dict(config.iterations)
     shapes, plans = {}, {}
     for name in config.learners:  # check every training episode shape now, before any training
         learner_cfg = learner_config(name, config.hparams.get(name), kind)
@@ -347,54 +320,143 @@ def run(config: RunConfig, progress: bool = True) -> Path:
         data.train_sampler(shape, 0, f"(training episodes of {name}: {shape.ways}-way {shape.shots}-shot {shape.queries} queries)")
         shapes[name] = shape
         plans[name] = {"hyperparameters": dataclasses.asdict(learner_cfg), "train_episodes": dataclasses.asdict(shape)}
+    if (config.patience or config.keep_best) and data.val is None:
+        raise ConfigError(f"{config.dataset}/{config.split} has no validation classes, which early stopping and keep_best "
+                          "need: use --budget quick or paper, or a split with validation classes")
     test_ids = [data.test.index(i) for i in range(config.test_episodes)]
     workers = config.workers or default_workers(device)
     note = (lambda text: tqdm.write(text)) if progress else (lambda text: None)
-    validation = Validation(data.val, config.val_episodes, kind) if data.val is not None else None
-    # the validation episodes given to finish_training, built once for every learner and seed
-    val_episodes = [ep.to(device) for ep in data.val.episodes(0, config.val_episodes)] if data.val is not None else []
+    validation = Validation(data.val, config.val_episodes, kind, workers) if data.val is not None else None
+    if state is None:
+        workdir.create(work, record, git_commit(), started.isoformat(timespec="seconds"))
+    else:
+        note(f"resuming {work} (started {state.get('started_at')})")
+    try:
+        with workdir.locked(work):
+            for stale in [*out.parent.glob(f".{out.name}.partial-*"), *work.glob("units/*/.done.partial-*")]:
+                shutil.rmtree(stale, ignore_errors=True)  # left by a process killed while publishing
+            results = [
+                _train_and_test(config, name, seed, data, shapes[name], validation, work, device, workers, progress, note)
+                for seed in config.seeds for name in config.learners
+            ]
+            _publish(config, out, work, results, data, test_ids, kind, iterations, workers, device, plans,
+                     started, wall_start)
+    except KeyboardInterrupt:
+        raise RunInterrupted(work) from None
+    except BaseException:
+        print(f"metabench: the run's working folder {work} is kept: resume with `metabench run --resume {work}` "
+              f"once the problem is fixed, or delete it", file=sys.stderr)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    return out
 
-    episode_rows, curve_rows, timing_rows = [], [], []
-    tuned: dict[str, list[dict[str, Any]]] = {}
-    for seed in config.seeds:
-        for name in config.learners:
-            learner = build_learner(name, config.ways, data.input_shape, iterations[name], device, seed, config.hparams.get(name))
-            shape = shapes[name]
-            label = f"{name} seed {seed}" if progress else None
-            curve, train_s = train(
-                learner, data.train_sampler(shape, seed), shape.meta_batch, iterations[name], validation,
-                config.curve_points, f"train {label}" if label else None,
-            )
-            chosen = learner.finish_training(val_episodes)
-            if chosen:
-                tuned.setdefault(name, []).append({"seed": seed, **chosen})
-            rows, test_s = evaluate(learner, data.test, config.test_episodes, f"test  {label}" if label else None,
-                                    workers=workers)
-            episode_rows += [{"seed": seed, "learner": name, **r} for r in rows]
-            curve_rows += [{"seed": seed, "learner": name, **r} for r in curve]
-            timing_rows.append({
-                "seed": seed, "learner": name, "meta_iterations": iterations[name],
-                "meta_train_seconds": train_s, "test_seconds": test_s, "test_episodes": config.test_episodes,
-            })
-            if kind == "regression":
-                last = REGRESSION_STEPS[-1]
-                note(f"{name} seed {seed}: MSE {np.mean([r[f'mse_{last}'] for r in rows]):.3f} after {last} steps, "
-                     f"{iterations[name]} meta-iterations ({train_s:.0f} s)")
-            else:
-                note(f"{name} seed {seed}: {np.mean([r['accuracy'] for r in rows]):.2f}% after {iterations[name]} "
-                     f"meta-iterations ({train_s:.0f} s)")
 
-    episodes = pd.DataFrame(episode_rows)
-    timings = pd.DataFrame(timing_rows)
+@dataclass(frozen=True)
+class _UnitResult:
+    """One learner x seed, trained and tested (read back from its ``done/`` folder)."""
+
+    name: str
+    seed: int
+    episodes: pd.DataFrame
+    curve: pd.DataFrame
+    info: dict[str, Any]
+    weights: Path
+
+
+def _train_and_test(config: RunConfig, name: str, seed: int, data: _Data, shape, validation: Validation | None,
+                    work: Path, device: torch.device, workers: int, progress: bool, note) -> _UnitResult:
+    """Train and test one learner x seed in ``work/units/<learner>-seed<k>/`` (resuming its
+    checkpoint), or read it back if it is done already."""
+    unit = work / "units" / _unit_name(name, seed)
+    done = unit / "done"
+    kind = DATASETS[config.dataset].kind
+    if not done.is_dir():
+        learner = build_learner(name, config.ways, data.input_shape, config.iterations[name], device, seed,
+                                config.hparams.get(name))
+        label = f"{name} seed {seed}" if progress else None
+        checkpointer = Checkpointer(unit, 60.0 * config.checkpoint_minutes, warn=note)
+        trained = train(
+            learner, data.train_sampler(shape, seed), shape.meta_batch, config.iterations[name], validation,
+            config.curve_points, f"train {label}" if label else None, validate_every=config.validate_every.get(name, 0),
+            patience=config.patience, keep_best=config.keep_best, checkpointer=checkpointer, cpu=cpu_name(),
+        )
+        val_episodes = [ep.to(device) for ep in data.val.episodes(0, config.val_episodes)] if data.val is not None else []
+        chosen = learner.finish_training(val_episodes)
+        rows, test_s = evaluate(learner, data.test, config.test_episodes, f"test  {label}" if label else None,
+                                workers=workers)
+        info = {
+            "seed": seed, "learner": name, "meta_iterations": trained.iterations,
+            "max_iterations": config.iterations[name], "meta_train_seconds": trained.seconds,
+            "meta_train_cpu_seconds": trained.cpu_seconds, "test_seconds": test_s, "test_episodes": config.test_episodes,
+            "stop_reason": trained.stop_reason, "best_iteration": trained.best_iteration,
+            "best_validation": trained.best_score, "tested_iteration": trained.tested_iteration,
+            "segments": trained.segments, "tuned": chosen,
+        }
+        meta = weights_meta(config, name, seed, data.input_shape, kind, trained.tested_iteration, chosen)
+
+        def write(folder: Path) -> None:
+            pd.DataFrame([{"seed": seed, "learner": name, **r} for r in rows]).to_csv(folder / "episodes.csv", index=False)
+            pd.DataFrame([{"seed": seed, "learner": name, **r} for r in trained.curve]).to_csv(folder / "curve.csv", index=False)
+            _write_json(folder / "result.json", info)
+            checkpoint.save(folder / "weights.safetensors", learner.model.state_dict(), meta)
+
+        write_atomically(done, write, "finished learner's folder")
+        for stale in (checkpointer.last, checkpointer.previous):
+            stale.unlink(missing_ok=True)
+        result = _read_unit(done, name, seed)
+        _note_result(note, result, kind)
+        return result
+    result = _read_unit(done, name, seed)
+    note(f"{name} seed {seed}: finished before, results kept from {done}")
+    return result
+
+
+def _read_unit(done: Path, name: str, seed: int) -> _UnitResult:
+    return _UnitResult(name, seed, read_csv(done / "episodes.csv"), read_csv(done / "curve.csv"),
+                       json.loads((done / "result.json").read_text()), done / "weights.safetensors")
+
+
+def _note_result(note, result: _UnitResult, kind: str) -> None:
+    info = result.info
+    how = f"{info['meta_iterations']} meta-iterations ({info['meta_train_seconds']:.0f} s; {info['stop_reason']})"
+    if kind == "regression":
+        last = REGRESSION_STEPS[-1]
+        note(f"{result.name} seed {result.seed}: MSE {result.episodes[f'mse_{last}'].mean():.3f} after {last} steps, {how}")
+    else:
+        note(f"{result.name} seed {result.seed}: {result.episodes['accuracy'].mean():.2f}% after {how}")
+
+
+def _publish(config: RunConfig, out: Path, work: Path, results: list[_UnitResult], data: _Data, test_ids: list,
+             kind: str, iterations: dict[str, int], workers: int, device: torch.device, plans: dict,
+             started: datetime, wall_start: float) -> None:
+    """Write the run directory ``out`` atomically from the finished learners in ``work``."""
+    state = workdir.read_state(work)
+    episodes = pd.concat([r.episodes for r in results], ignore_index=True)
+    curves = pd.concat([r.curve for r in results], ignore_index=True)
+    timings = pd.DataFrame([{k: r.info[k] for k in ("seed", "learner", "meta_iterations", "meta_train_seconds",
+                                                      "test_seconds", "test_episodes")} for r in results])
     summary = (summarize_regression if kind == "regression" else summarize)(episodes, timings, config.learners)
+    tuned: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        if r.info["tuned"]:
+            tuned.setdefault(r.name, []).append({"seed": r.seed, **r.info["tuned"]})
+    training = {
+        _unit_name(r.name, r.seed): {k: r.info[k] for k in (
+            "meta_iterations", "max_iterations", "stop_reason", "best_iteration", "best_validation", "tested_iteration",
+            "meta_train_cpu_seconds", "segments")}
+        for r in results
+    }
     env = environment(device)
     meta = {
         "metabench": __version__,
         "fingerprint": data.fingerprint(test_ids),
         "test_pool": f"{config.test_dataset}/{config.test_split}/test",
-        "started_at": started.isoformat(timespec="seconds"),
+        "started_at": state.get("started_at", started.isoformat(timespec="seconds")),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - wall_start,
+        "resumed": any(len(t["segments"]) > 1 for t in training.values()) or state.get("started_at") != started.isoformat(timespec="seconds"),
+        "started_git": state.get("git"),
+        "training": training,
         "tuned": tuned,
         "skipped": dict(config.skipped),
     }
@@ -405,13 +467,15 @@ def run(config: RunConfig, progress: bool = True) -> Path:
         _write_json(folder / "config.json", resolved)
         _write_json(folder / "environment.json", env)
         episodes.to_csv(folder / "episodes.csv", index=False)
-        pd.DataFrame(curve_rows).to_csv(folder / "curves.csv", index=False)
+        curves.to_csv(folder / "curves.csv", index=False)
         summary.to_csv(folder / "summary.csv", index=False)
         (folder / "summary.md").write_text(summary_markdown(config, summary, meta, env))
         _write_json(folder / "run.json", meta)
+        (folder / "weights").mkdir()
+        for r in results:
+            shutil.copyfile(r.weights, folder / "weights" / f"{_unit_name(r.name, r.seed)}.safetensors")
 
     write_atomically(out, write)
-    return out
 
 
 @dataclass(frozen=True)

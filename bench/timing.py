@@ -210,7 +210,7 @@ def gradient_check(cell: Cell) -> dict[str, float]:
 
     device = torch.device(cell.device)
     ours = [(
-        choose_path(CONV4, device) if cell.path == "auto" else cell.path,
+        choose_path(CONV4, device, cell.ways * (cell.shots + cell.queries)) if cell.path == "auto" else cell.path,
         choose_layout(CONV4, device) if cell.layout == "auto" else cell.layout,
     )]
     peer64, (ours64,) = _meta_gradients(cell, torch.float64, ours)

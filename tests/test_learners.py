@@ -238,14 +238,18 @@ def test_evaluation_in_worker_processes_matches_in_process(omniglot_vinyals, mon
 
 
 def test_maml_chooses_and_checks_the_core_layout_and_path() -> None:
-    """On CPU MAML runs images channels-last and per task by default, contiguous and chunked when
-    asked; regression stays contiguous; a bad layout is a one-line error that names the fix."""
+    """On CPU MAML runs images channels-last; per task for tasks of 80 images (5-way 1-shot, 15
+    queries per class) and in chunks of 8 tasks for tasks of 10 (its 5-way 1-shot training
+    episodes with 1 query per class); contiguous and chunked when asked; regression stays
+    contiguous and per task; a bad layout is a one-line error that names the fix."""
     images = build_learner("maml", 5, (1, 28, 28), 10, torch.device("cpu"), 0)
-    assert (images.path, images.layout) == ("per_task", "channels_last")
+    assert images.layout == "channels_last"
+    assert images.core_path(80) == ("per_task", None) and images.core_path(10) == ("chunked", 8)
+    assert images.core_path(30) == ("chunked", 2) and images.core_path(41) == ("per_task", None)
     other = build_learner("maml", 5, (1, 28, 28), 10, torch.device("cpu"), 0, {"layout": "contiguous", "path": "chunked"})
-    assert (other.path, other.layout) == ("chunked", "contiguous")
+    assert (other.core_path(10), other.layout) == (("chunked", None), "contiguous")
     sine = build_learner("maml", 1, (1,), 10, torch.device("cpu"), 0)
-    assert (sine.path, sine.layout) == ("per_task", "contiguous")
+    assert (sine.core_path(20), sine.layout) == (("per_task", None), "contiguous")
     with pytest.raises(ConfigError, match=r"unknown layout 'nhwc' for maml: use --set maml.layout=auto\|contiguous\|channels_last"):
         build_learner("maml", 5, (1, 28, 28), 10, torch.device("cpu"), 0, {"layout": "nhwc"})
     with pytest.raises(ConfigError, match="maml.layout=channels_last needs image inputs: use --set maml.layout=auto"):
