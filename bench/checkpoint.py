@@ -45,6 +45,9 @@ def write_bytes_atomically(path: Path, data: bytes) -> None:
     """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private (0600); a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -115,6 +115,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="directory to create (default runs/<time>-time-<device>)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    e = sub.add_parser(
+        "evaluate", help="re-test the learners a run kept, on other episodes, without training",
+        description="Rebuild each learner from RUN_DIR/weights/ and test it on the episodes the flags describe (by default "
+                    "the run's own); write an ordinary run directory that `metabench report` reads.",
+    )
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a finished `metabench run` directory with weights/")
+    e.add_argument("--test-dataset", help="take the test episodes from this dataset's test split (cross-domain)")
+    e.add_argument("--test-split", help="split of --test-dataset (default: its first)")
+    e.add_argument("--ways", type=int, help="N classes per episode (metric learners: any N; the others: their trained N)")
+    e.add_argument("--shots", type=int, help="K support examples per class")
+    e.add_argument("--queries", type=int, help="Q query examples per class")
+    e.add_argument("--test-episodes", type=int, help="number of test episodes")
+    e.add_argument("--episode-seed", type=int, help="seed of the test episodes")
+    e.add_argument("--learners", help="comma-separated learners among those the run kept (default: all)")
+    e.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's)")
+    e.add_argument("--data-root", help="data root (default: the run's, else $METABENCH_DATA)")
+    e.add_argument("--workers", type=int, help="processes for the evaluation (default 0: one per CPU thread)")
+    e.add_argument("--no-download", dest="download", action="store_false", default=None, help="fail instead of downloading")
+    e.add_argument("--out", help="directory to create (default RUN_DIR-eval-<dataset>-<N>w<K>s beside RUN_DIR)")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+
     r = sub.add_parser(
         "report", help="tables, statistics and figures from run and timing directories",
         description="Write a report folder (index.md, Markdown/LaTeX/CSV tables, PNG/PDF figures) from any mix of "
@@ -242,6 +263,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             config = resolve(resume_values(args) if args.resume else run_values(args))
             out = run(config, progress=not args.quiet)
+            print((out / "summary.md").read_text())
+            print(f"run directory: {out}")
+        elif args.command == "evaluate":
+            from pathlib import Path
+
+            from metabench.reevaluate import CHANGEABLE, evaluate_run
+
+            changes = {k: getattr(args, k) for k in CHANGEABLE if getattr(args, k, None) is not None}
+            out = evaluate_run(Path(args.run_dir), Path(args.out) if args.out else None, progress=not args.quiet, **changes)
             print((out / "summary.md").read_text())
             print(f"run directory: {out}")
         elif args.command == "time":

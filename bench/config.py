@@ -83,9 +83,11 @@ CONVERGE_VAL_EPISODES = 1000
 CONVERGE_PATIENCE = 10
 
 #: Budget presets for image (classification) datasets. ``quick`` is sized so that all five
-#: learners train and test on 600 episodes in at most 15 minutes on 2 CPU cores (see the README
-#: for the measured run). ``paper`` is the papers' schedule (the learners' ``ITERATIONS``
-#: document their counts); ``converge`` trains to convergence on validation within it.
+#: learners train and test on 600 episodes in about 12 minutes on 2 CPU cores (at most 14 on any
+#: 2-core x86 machine), its iteration counts chosen on validation accuracy (the sizing run in
+#: ``results/omniglot-vinyals-5w1s-quick-sizing``; see the README). ``paper`` is the papers'
+#: schedule (the learners' ``ITERATIONS`` document their counts); ``converge`` trains to
+#: convergence on validation within it.
 BUDGETS: dict[str, Budget] = {
     "smoke": Budget("smoke", test_episodes=10, val_episodes=2, curve_points=1, fixed=2),
     "quick": Budget("quick", test_episodes=600, val_episodes=10, curve_points=3),

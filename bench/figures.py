@@ -147,14 +147,29 @@ def episodes_figure(per_episode: pd.DataFrame) -> Figure:
     return fig
 
 
-def curves_figure(curves: pd.DataFrame, band: str) -> Figure:
+def _reference_accuracies(published: pd.DataFrame, learner: str) -> list[float]:
+    """The published accuracies to draw for ``learner``: its transductive ones where it has
+    both kinds (metabench's learners all use transductive batch norm), else all of them."""
+    if not len(published):
+        return []
+    mine = published[published["learner"] == learner]
+    if "transductive" in mine and mine["transductive"].eq("yes").any() and not mine["transductive"].eq("yes").all():
+        mine = mine[mine["transductive"].eq("yes")]
+    return list(mine["accuracy_pct"])
+
+
+def curves_figure(curves: pd.DataFrame, band: str, published: pd.DataFrame | None = None) -> Figure:
     """Validation accuracy during meta-training, against meta-iterations (left) and meta-training
-    seconds (right), one row of panels per setting.
+    CPU-hours (right; meta-training wall-clock seconds for runs that did not record CPU time),
+    one row of panels per setting, with the published test accuracies as dashed lines.
 
     Args:
-        curves: rows ``setting, learner, name, iteration, train_seconds, val_accuracy, low, high``
-            (percent; ``low``/``high`` the shaded band, NaN for none).
+        curves: rows ``setting, learner, name, iteration, train_seconds, train_cpu_seconds``
+            (NaN where not recorded), ``val_accuracy, low, high`` (percent; ``low``/``high`` the
+            shaded band, NaN for none).
         band: what the band is, for the legend (e.g. ``95% CI over validation episodes``).
+        published: rows ``setting, learner, accuracy_pct, transductive`` of published results
+            (:func:`_reference_accuracies` of each learner drawn; none if ``None``).
 
     Returns:
         The figure: one row of two panels per setting.
@@ -162,9 +177,13 @@ def curves_figure(curves: pd.DataFrame, band: str) -> Figure:
     settings = _order(curves["setting"])
     colours = _learner_colours(curves)
     fig, axes = style.new_figure(len(settings), 2)
+    cpu = "train_cpu_seconds" in curves and curves["train_cpu_seconds"].notna().all()
+    curves = curves.assign(train_cpu_hours=curves["train_cpu_seconds"] / 3600) if cpu else curves
+    second = ("train_cpu_hours", "meta-training CPU time (hours)") if cpu else ("train_seconds", "meta-training time (s)")
     for row, setting in enumerate(settings):
         data = curves[curves["setting"] == setting]
-        for col, (x, xlabel) in enumerate((("iteration", "meta-iteration"), ("train_seconds", "meta-training time (s)"))):
+        refs = published[published["setting"] == setting] if published is not None else pd.DataFrame()
+        for col, (x, xlabel) in enumerate((("iteration", "meta-iteration"), second)):
             ax = axes[2 * row + col]
             for learner in _order(data["learner"]):
                 d = data[data["learner"] == learner].sort_values(x)
@@ -172,12 +191,17 @@ def curves_figure(curves: pd.DataFrame, band: str) -> Figure:
                         label=d["name"].iloc[0], linewidth=1.3)
                 if d["low"].notna().any():
                     ax.fill_between(d[x], d["low"], d["high"], color=colours[learner], alpha=0.15, linewidth=0)
+                for value in _reference_accuracies(refs, learner):
+                    ax.axhline(value, color=colours[learner], linestyle="--", linewidth=0.9, alpha=0.8)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("validation accuracy (%)")
-            ax.set_title(setting if col == 0 else "vs meta-training time")
+            ax.set_title(setting if col == 0 else f"vs {xlabel.split(' (')[0]}")
     handles, labels = axes[0].get_legend_handles_labels()
     handles.append(Line2D([], [], color="0.5", linewidth=6, alpha=0.3))
     labels.append(band)
+    if published is not None and len(published):
+        handles.append(Line2D([], [], color="0.3", linestyle="--", linewidth=0.9))
+        labels.append("published test accuracy")
     fig.legend(handles, labels, loc="outside lower center", ncols=_legend_columns(labels))
     return fig
 

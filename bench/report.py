@@ -478,8 +478,11 @@ def figure_frames(results: Sequence[SettingResult], published: pd.DataFrame) -> 
         c = r.curves.dropna(subset=["val_accuracy"]) if len(r.curves) else r.curves
         if len(c):
             seeds = c.groupby("learner")["seed"].nunique()
+            if "train_cpu_seconds" not in c:
+                c = c.assign(train_cpu_seconds=np.nan)
             agg = c.groupby(["learner", "iteration"], sort=False).agg(
-                train_seconds=("train_seconds", "mean"), val_accuracy=("val_accuracy", "mean"),
+                train_seconds=("train_seconds", "mean"), train_cpu_seconds=("train_cpu_seconds", "mean"),
+                val_accuracy=("val_accuracy", "mean"),
                 sd=("val_accuracy", "std"), ci=("val_ci95", "mean")).reset_index()
             multi = agg["learner"].map(seeds) > 1
             half = np.where(multi, agg["sd"], agg["ci"])
@@ -543,9 +546,10 @@ def plan_figures(results: Sequence[SettingResult], timing: pd.DataFrame,
     has_curves = bool(results) and len(frames["curves"]) > 0
     band = curves_band(results) if results else ""
     add("curves",
-        "Validation accuracy during meta-training against meta-iterations and against meta-training seconds "
-        f"(learner steps only; validation and episode construction excluded); band: {band}.",
-        (lambda: figures.curves_figure(frames["curves"], band)) if has_curves else None, n,
+        "Validation accuracy during meta-training against meta-iterations and against meta-training CPU-hours "
+        "(process CPU time of the learner steps; wall-clock seconds for runs that did not record it; validation and "
+        f"episode construction excluded); band: {band}; dashed: the papers' published test accuracy.",
+        (lambda: figures.curves_figure(frames["curves"], band, frames["published"])) if has_curves else None, n,
         no_runs if not results else "the runs recorded no validation points (--curve-points 0 or no validation split)")
     add("pareto",
         f"Accuracy (± 95% CI, {ns} episodes) against meta-training seconds, log scale; ringed markers and dashed "

@@ -1,18 +1,22 @@
 """The benchmark runner: train each learner, test all on shared episodes, write a run directory.
 
-Run directory (written under a temporary name and renamed into place only when complete, so a
-failed run leaves nothing half-written):
+Run directory (published atomically only when complete; until then the run works in
+``<out>.incomplete/``, see :mod:`metabench.workdir`, which an interrupted run leaves to be resumed):
 
 ``config.json``       the resolved :class:`~metabench.config.RunConfig`
 ``environment.json``  Python / torch versions, CPU / GPU name, git commit
 ``episodes.csv``      one row per seed x learner x test episode: accuracy (%), loss (nats);
                       for regression the query MSE after 0, 1, 5 and 10 test-time steps
 ``curves.csv``        training curve: train loss / accuracy and validation accuracy (regression:
-                      validation MSE after 10 steps) vs meta-iteration and training seconds
+                      validation MSE after 10 steps) vs meta-iteration, training seconds and
+                      training CPU seconds
 ``summary.csv``       per learner: mean accuracy (%) or MSE, 95% CI, meta-train seconds, test ms / episode
 ``summary.md``        the same as a Markdown table with the run's settings
-``run.json``          episode fingerprint, wall time, start and end timestamps, settings chosen
-                      on validation data (``tuned``) and learners not run (``skipped``)
+``run.json``          episode fingerprint, wall time, start and end timestamps, how each
+                      learner x seed's training ended (``training``), settings chosen on
+                      validation data (``tuned``) and learners not run (``skipped``)
+``weights/``          ``<learner>-seed<k>.safetensors``: the tested weights with what rebuilds the
+                      learner (:mod:`metabench.checkpoint`, :func:`metabench.reevaluate.load_learner`)
 
 Image datasets give N-way K-shot episodes (:class:`~metabench.datasets.sampler.EpisodeSampler`);
 regression datasets (sinusoid) give K-shot tasks
@@ -38,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from metabench import __version__, checkpoint, workdir
-from metabench.algorithms import LEARNERS, build_learner, learner_config
+from metabench.algorithms import LEARNERS, MetaLearner, build_learner, learner_config
 from metabench.config import RunConfig
 from metabench.datasets import DATASETS, load_split
 from metabench.datasets import sinusoid as sinusoid_tasks
@@ -201,6 +205,22 @@ def markdown_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def stopping_text(training: dict[str, dict[str, Any]], kind: str) -> str:
+    """A paragraph on how each learner x seed's training ended, for runs that stopped early or
+    tested their best-validation weights (empty otherwise)."""
+    lines = []
+    for unit, t in training.items():
+        early = t["meta_iterations"] < t["max_iterations"] or t["tested_iteration"] != t["meta_iterations"]
+        if not early or t.get("best_validation") is None:
+            continue
+        best = f"{t['best_validation']:.2f}%" if kind == "classification" else f"MSE {t['best_validation']:.3f}"
+        lines.append(f"{unit}: trained {t['meta_iterations']} of at most {t['max_iterations']} meta-iterations "
+                     f"({t['stop_reason']}); tested with the weights of iteration {t['tested_iteration']} "
+                     f"(best validation {best}).")
+    return ("\n\nTraining ended by validation (the table's meta-iterations are those trained):\n\n"
+            + "\n".join(f"- {line}" for line in lines)) if lines else ""
+
+
 def summary_markdown(config: RunConfig, summary: pd.DataFrame, meta: dict[str, Any], env: dict[str, Any]) -> str:
     """``summary.md``: the table with the settings needed to read it."""
     hardware = env["gpu"] or f"{env['cpu']} ({env['torch_threads']} threads)"
@@ -211,6 +231,7 @@ def summary_markdown(config: RunConfig, summary: pd.DataFrame, meta: dict[str, A
         f"Run wall time {meta['wall_seconds'] / 60:.1f} min. Episode fingerprint `{meta['fingerprint'][:16]}`."
     )
     skipped = "".join(f"\n\nNot run: {reason}." for reason in config.skipped.values())
+    skipped += stopping_text(meta.get("training", {}), DATASETS[config.dataset].kind)
     if DATASETS[config.dataset].kind == "regression":
         tuned = ""
         for name, by_seed in meta.get("tuned", {}).items():
@@ -310,7 +331,7 @@ def run(config: RunConfig, progress: bool = True) -> Path:
         workdir.check_resumable(work, state, record)
     else:
         check_writable(work, "working folder")
-    data = _data(config)
+    data = data_for(config)
     iterations = dict(config.iterations)
     shapes, plans = {}, {}
     for name in config.learners:  # check every training episode shape now, before any training
@@ -363,7 +384,7 @@ class _UnitResult:
     weights: Path
 
 
-def _train_and_test(config: RunConfig, name: str, seed: int, data: _Data, shape, validation: Validation | None,
+def _train_and_test(config: RunConfig, name: str, seed: int, data: RunData, shape, validation: Validation | None,
                     work: Path, device: torch.device, workers: int, progress: bool, note) -> _UnitResult:
     """Train and test one learner x seed in ``work/units/<learner>-seed<k>/`` (resuming its
     checkpoint), or read it back if it is done already."""
@@ -380,7 +401,8 @@ def _train_and_test(config: RunConfig, name: str, seed: int, data: _Data, shape,
             config.curve_points, f"train {label}" if label else None, validate_every=config.validate_every.get(name, 0),
             patience=config.patience, keep_best=config.keep_best, checkpointer=checkpointer, cpu=cpu_name(),
         )
-        val_episodes = [ep.to(device) for ep in data.val.episodes(0, config.val_episodes)] if data.val is not None else []
+        tunes = type(learner).finish_training is not MetaLearner.finish_training
+        val_episodes = [ep.to(device) for ep in data.val.episodes(0, config.val_episodes)] if tunes and data.val else []
         chosen = learner.finish_training(val_episodes)
         rows, test_s = evaluate(learner, data.test, config.test_episodes, f"test  {label}" if label else None,
                                 workers=workers)
@@ -426,7 +448,7 @@ def _note_result(note, result: _UnitResult, kind: str) -> None:
         note(f"{result.name} seed {result.seed}: {result.episodes['accuracy'].mean():.2f}% after {how}")
 
 
-def _publish(config: RunConfig, out: Path, work: Path, results: list[_UnitResult], data: _Data, test_ids: list,
+def _publish(config: RunConfig, out: Path, work: Path, results: list[_UnitResult], data: RunData, test_ids: list,
              kind: str, iterations: dict[str, int], workers: int, device: torch.device, plans: dict,
              started: datetime, wall_start: float) -> None:
     """Write the run directory ``out`` atomically from the finished learners in ``work``."""
@@ -479,7 +501,7 @@ def _publish(config: RunConfig, out: Path, work: Path, results: list[_UnitResult
 
 
 @dataclass(frozen=True)
-class _Data:
+class RunData:
     """Where a run's episodes come from.
 
     Attributes:
@@ -498,10 +520,10 @@ class _Data:
     fingerprint: Callable[[list], str]
 
 
-def _data(config: RunConfig) -> _Data:
+def data_for(config: RunConfig) -> RunData:
     """The samplers of a run: sinusoid tasks, or episodes of the (train and test) image splits."""
     if DATASETS[config.dataset].kind == "regression":
-        return _Data(
+        return RunData(
             input_shape=(1,),
             test=SinusoidSampler(config.shots, config.queries, config.episode_seed, "test"),
             val=SinusoidSampler(config.shots, config.queries, config.episode_seed, "val") if config.val_episodes > 0 else None,
@@ -519,7 +541,7 @@ def _data(config: RunConfig) -> _Data:
         return EpisodeSampler(split.train, shape.ways, shape.shots, shape.queries, seed, stream="train",
                               description=f"train split of {where} {what}".rstrip())
 
-    return _Data(split.train.dataset.image_shape, test, val, train_sampler,
+    return RunData(split.train.dataset.image_shape, test, val, train_sampler,
                  lambda ids: fingerprint(test_split.test, ids))
 
 

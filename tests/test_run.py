@@ -17,7 +17,8 @@ from metabench.config import learners_for
 from metabench.datasets import omniglot
 
 LEARNERS = learners_for("classification")
-RUN_FILES = {"config.json", "environment.json", "episodes.csv", "curves.csv", "summary.csv", "summary.md", "run.json"}
+RUN_FILES = {"config.json", "environment.json", "episodes.csv", "curves.csv", "summary.csv", "summary.md", "run.json",
+             "weights"}
 
 
 def run_cli(*args: str) -> int:
@@ -54,7 +55,8 @@ def test_smoke_run_writes_every_output(tmp_path: Path, data_root: Path, capsys, 
     printed = capsys.readouterr().out
     assert "| Prototypical Networks |" in printed and str(out) in printed
     assert {p.name for p in out.iterdir()} == RUN_FILES
-    assert [p.name for p in out.parent.iterdir()] == ["smoke"]  # no partial directory left
+    assert sorted(p.name for p in (out / "weights").iterdir()) == sorted(f"{n}-seed0.safetensors" for n in LEARNERS)
+    assert [p.name for p in out.parent.iterdir()] == ["smoke"]  # no partial directory, no working folder left
 
     # identical test episodes for every learner
     assert set(seen) == set(LEARNERS)

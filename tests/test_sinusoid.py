@@ -22,7 +22,8 @@ from metabench.datasets.sinusoid import AMPLITUDE, PHASE, X_RANGE, SinusoidSampl
 from metabench.errors import ConfigError
 from metabench.evaluation import REGRESSION_STEPS, evaluate
 
-RUN_FILES = {"config.json", "environment.json", "episodes.csv", "curves.csv", "summary.csv", "summary.md", "run.json"}
+RUN_FILES = {"config.json", "environment.json", "episodes.csv", "curves.csv", "summary.csv", "summary.md", "run.json",
+             "weights"}
 
 
 def test_tasks_are_pure_functions_of_seed_stream_and_index() -> None:
@@ -200,6 +201,9 @@ def test_sinusoid_smoke_run_writes_every_output(tmp_path: Path, capsys, one_line
                      "maml,reptile,pretrained,protonet", "--test-episodes", "6", "--device", "cpu", "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == RUN_FILES
     printed = capsys.readouterr().out
+    # re-tested from the kept weights (the pretrained baseline with its tuned step size): the same results
+    assert cli.main(["evaluate", "--quiet", str(out), "--out", str(tmp_path / "again")]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "episodes.csv"), pd.read_csv(tmp_path / "again" / "episodes.csv"))
     assert "| MAML |" in printed and "Not run: Prototypical Networks is not defined for regression" in printed
     episodes = pd.read_csv(out / "episodes.csv")
     assert list(episodes.columns) == ["seed", "learner", "episode", *[f"mse_{s}" for s in REGRESSION_STEPS]]

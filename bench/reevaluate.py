@@ -1,0 +1,218 @@
+"""``metabench evaluate``: re-test the learners a run kept, without training them again.
+
+A finished run directory holds each trained learner's weights in
+``weights/<learner>-seed<k>.safetensors`` (:mod:`metabench.checkpoint`: tensors plus a JSON
+document naming the learner, its hyperparameters, the input shape, N and the iteration the weights
+are from). :func:`evaluate_run` rebuilds each learner from its file and tests it on other
+episodes: another test dataset (cross-domain), another N-way K-shot shape, more episodes, another
+episode seed. It writes an ordinary run directory (``config.json``, ``environment.json``,
+``episodes.csv``, ``summary.csv``, ``summary.md``, ``run.json``; no curves, since nothing
+trained) that ``metabench report`` reads like any other.
+
+Learners whose network ends in an N-way linear head (MAML, first-order MAML, Reptile) can only be
+tested at the N they were trained for; the metric learners (Prototypical and Matching Networks)
+at any N. Which is which is not a list kept here: a learner whose weights do not fit the network
+it builds for the new N is reported as not run, with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from metabench import __version__, checkpoint
+from metabench.algorithms import LEARNERS, MetaLearner, build_learner
+from metabench.config import RunConfig, resolve
+from metabench.datasets import DATASETS
+from metabench.environment import environment
+from metabench.errors import ConfigError
+from metabench.evaluation import REGRESSION_STEPS, default_workers, evaluate
+from metabench.outdir import check_writable, write_atomically
+from metabench.runner import (
+    data_for,
+    resolve_device,
+    summarize,
+    summarize_regression,
+    summary_markdown,
+)
+
+#: Settings ``metabench evaluate`` may change (all others come from the run).
+CHANGEABLE = ("test_dataset", "test_split", "ways", "shots", "queries", "test_episodes", "episode_seed", "learners",
+              "device", "data_root", "download", "workers")
+
+
+def load_learner(path: Path, device: torch.device | str = "cpu", ways: int | None = None) -> MetaLearner:
+    """Rebuild a trained learner from its kept weights.
+
+    Args:
+        path: a ``weights/<learner>-seed<k>.safetensors`` file of a run directory.
+        device: where to put it.
+        ways: N of the episodes it will be tested on (default: the N it was trained for).
+
+    Returns:
+        The learner with the trained weights and the settings it chose on validation data.
+
+    Raises:
+        CheckpointError: if the file is missing, corrupt or not metabench weights.
+        ConfigError: if the weights do not fit the learner's network for ``ways`` (its output
+            layer fixes N).
+    """
+    tensors, meta = checkpoint.load(path)
+    if meta.get("format") != "metabench-weights/1" or meta.get("learner") not in LEARNERS:
+        raise checkpoint.CheckpointError(f"{path} is not a metabench weights file (format {meta.get('format')!r})")
+    name = meta["learner"]
+    trained_ways = int(meta["ways"])
+    ways = trained_ways if ways is None else ways
+    learner = build_learner(name, ways, tuple(meta["input_shape"]), max(1, int(meta["iteration"])), device,
+                            int(meta["seed"]), meta["hparams"])
+    try:
+        learner.model.load_state_dict(tensors)
+    except RuntimeError:
+        raise ConfigError(f"{LEARNERS[name].title} was trained {trained_ways}-way and its network's output layer fixes N: "
+                          f"evaluate it with --ways {trained_ways}") from None
+    learner.iteration = int(meta["iteration"])
+    learner.restore_tuned(meta.get("tuned") or {})
+    return learner
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def evaluate_config(run_dir: Path, changes: Mapping[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
+    """The configuration of re-testing ``run_dir``: its own, with ``changes`` (keys of
+    :data:`CHANGEABLE`) applied, and the run's ``config.json``.
+
+    Raises:
+        ConfigError: if ``run_dir`` is not a finished run directory with kept weights, or a
+            change is invalid.
+    """
+    config_file = run_dir / "config.json"
+    if not config_file.is_file() or not (run_dir / "run.json").is_file():
+        raise ConfigError(f"{run_dir} is not a finished metabench run directory (no config.json and run.json): pass the "
+                          "--out of a finished `metabench run`")
+    if not (run_dir / "weights").is_dir() or not any((run_dir / "weights").glob("*.safetensors")):
+        raise ConfigError(f"{run_dir} has no weights/ folder: it was made before metabench kept weights, or by "
+                          "`metabench evaluate`; rerun `metabench run` to get them")
+    original = json.loads(config_file.read_text())
+    unknown = sorted(set(changes) - set(CHANGEABLE))
+    if unknown:
+        raise ConfigError(f"metabench evaluate cannot change {', '.join(unknown)}: only {', '.join(CHANGEABLE)}")
+    keep = ("dataset", "split", "test_dataset", "test_split", "ways", "shots", "queries", "learners", "test_episodes",
+            "episode_seed", "seeds", "device", "data_root", "image_size", "hparams", "workers")
+    values = {k: original[k] for k in keep if k in original and original[k] is not None}
+    if "test_dataset" in changes and "test_split" not in changes:
+        values.pop("test_split", None)  # the new test dataset's default split
+    values.update({k: v for k, v in changes.items() if v is not None})
+    values.update(budget="smoke", iterations=1, val_episodes=0, curve_points=0)  # nothing trains
+    return resolve(values), original
+
+
+def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True, **changes: Any) -> Path:
+    """Re-test the learners kept in ``run_dir`` and write a run directory of the results.
+
+    Args:
+        run_dir: a finished ``metabench run`` directory with ``weights/``.
+        out: the directory to write (default ``<run_dir>-eval-<dataset>-<N>w<K>s``).
+        progress: show progress bars.
+        changes: settings of :data:`CHANGEABLE` (``None`` keeps the run's).
+
+    Returns:
+        The directory written.
+
+    Raises:
+        ConfigError: as :func:`evaluate_config`; an existing ``out``; no learner left that can
+            take the new episodes.
+        CheckpointError: an unreadable weights file.
+        DataError: test data missing and not downloadable.
+    """
+    started = datetime.now(timezone.utc)
+    wall_start = time.perf_counter()
+    config, original = evaluate_config(run_dir, changes)
+    out = out or run_dir.with_name(f"{run_dir.name}-eval-{config.test_dataset}-{config.ways}w{config.shots}s")
+    check_writable(out)
+    kind = DATASETS[config.dataset].kind
+    device = resolve_device(config.device)
+    files = {(name, seed): run_dir / "weights" / f"{name}-seed{seed}.safetensors"
+             for seed in config.seeds for name in config.learners}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise ConfigError(f"{run_dir} has no weights for {', '.join(missing)}: choose --learners among those it kept")
+    skipped = dict(config.skipped)
+    loaded: dict[tuple[str, int], MetaLearner] = {}
+    for (name, seed), path in files.items():
+        try:
+            loaded[(name, seed)] = load_learner(path, device, config.ways)
+        except ConfigError as exc:
+            skipped[name] = f"{exc}".split(":")[0] + f", so it cannot be tested {config.ways}-way"
+    learners = tuple(n for n in config.learners if n not in skipped)
+    if not learners:
+        raise ConfigError(f"no learner of {run_dir} can be tested {config.ways}-way: the metric learners (protonet, "
+                          "matchingnet) take any N; use --ways with the trained N for the others")
+    config = dataclasses.replace(config, learners=learners, skipped=skipped)
+    data = data_for(config)
+    workers = config.workers or default_workers(device)
+    source_meta = json.loads((run_dir / "run.json").read_text())
+    source_summary = pd.read_csv(run_dir / "summary.csv") if (run_dir / "summary.csv").is_file() else None
+    episode_rows, timing_rows, weights = [], [], {}
+    for seed in config.seeds:
+        for name in learners:
+            path = files[(name, seed)]
+            learner = loaded[(name, seed)]
+            label = f"test  {name} seed {seed}" if progress else None
+            rows, test_s = evaluate(learner, data.test, config.test_episodes, label, workers=workers)
+            episode_rows += [{"seed": seed, "learner": name, **r} for r in rows]
+            train_s = float("nan")
+            if source_summary is not None and name in set(source_summary["learner"]):
+                train_s = float(source_summary.loc[source_summary["learner"] == name, "meta_train_s"].iloc[0])
+            timing_rows.append({"seed": seed, "learner": name, "meta_iterations": learner.iteration,
+                                "meta_train_seconds": train_s, "test_seconds": test_s,
+                                "test_episodes": config.test_episodes})
+            weights[f"{name}-seed{seed}"] = _sha256(path)
+            if progress:
+                key = f"mse_{REGRESSION_STEPS[-1]}" if kind == "regression" else "accuracy"
+                tqdm.write(f"{name} seed {seed}: {key} {pd.DataFrame(rows)[key].mean():.3f}")
+    episodes, timings = pd.DataFrame(episode_rows), pd.DataFrame(timing_rows)
+    summary = (summarize_regression if kind == "regression" else summarize)(episodes, timings, learners)
+    env = environment(device)
+    test_ids = [data.test.index(i) for i in range(config.test_episodes)]
+    meta = {
+        "metabench": __version__,
+        "fingerprint": data.fingerprint(test_ids),
+        "test_pool": f"{config.test_dataset}/{config.test_split}/test",
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_seconds": time.perf_counter() - wall_start,
+        "evaluated_from": str(run_dir),
+        "source_fingerprint": source_meta.get("fingerprint"),
+        "weights_sha256": weights,
+        "tuned": source_meta.get("tuned", {}),
+        "skipped": skipped,
+    }
+    resolved = {**config.to_dict(), "kind": kind, "budget": original.get("budget"),
+                "iterations": {n: int(timings.loc[timings["learner"] == n, "meta_iterations"].iloc[0]) for n in learners},
+                "workers": workers, "out": str(out), "device_resolved": str(device),
+                "evaluated_from": str(run_dir), "learner_settings": {
+                    n: original.get("learner_settings", {}).get(n) for n in learners}}
+
+    def write(folder: Path) -> None:
+        (folder / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+        (folder / "environment.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
+        episodes.to_csv(folder / "episodes.csv", index=False)
+        summary.to_csv(folder / "summary.csv", index=False)
+        text = summary_markdown(dataclasses.replace(config, budget=str(original.get("budget"))), summary, meta, env)
+        (folder / "summary.md").write_text(text + f"\nRe-tested from the weights kept in `{run_dir}` (no training).\n")
+        (folder / "run.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+    write_atomically(out, write)
+    return out
