@@ -1,4 +1,4 @@
-"""nox sessions for metabench: ``tests`` (default), ``lint``, ``demo``, ``perf``, ``peers``, ``report``.
+"""nox sessions for metabench: ``tests`` (default), ``lint``, ``demo``, ``reproduce``, ``perf``, ``peers``, ``report``.
 
 Every session installs ``torch==2.13.0`` first and the project with ``-c constraints.txt``, so no
 dependency can replace it with another (CUDA) build. Data: sessions pass ``METABENCH_DATA``
@@ -44,6 +44,21 @@ def demo(session: nox.Session) -> None:
     """The README's main command: all five learners, ``quick`` budget, into ``runs/``."""
     _install(session)
     session.run("metabench", "run", "--budget", "quick", *session.posargs, env={"METABENCH_DATA": DATA})
+
+
+#: The reproduction of the papers' Omniglot 5-way 1-shot table (issue 13): all five learners
+#: trained to convergence on validation. The fastest learners first, so that finished learners
+#: accumulate while the long ones train; rerunning the session resumes the run where it stopped.
+REPRODUCTION = ["--budget", "converge", "--learners", "matchingnet,protonet,maml,fomaml,reptile",
+                "--out", "results/omniglot-vinyals-5w1s-converge"]
+
+
+@nox.session
+def reproduce(session: nox.Session) -> None:
+    """Train (or resume) the converged Omniglot reproduction into results/ (hours on 2 CPU
+    cores; stop it with Ctrl-C or SIGTERM and run the session again to continue)."""
+    _install(session)
+    session.run("metabench", "run", *REPRODUCTION, *session.posargs, env={"METABENCH_DATA": DATA})
 
 
 # The committed report: regenerated from the committed runs (no training, no data needed).

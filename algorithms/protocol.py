@@ -66,7 +66,9 @@ class MetaLearner(ABC):
     ``REGRESSION_DEFAULTS`` (hyperparameters that differ for regression, with their source), its
     training budgets (``ITERATIONS`` and ``REGRESSION_ITERATIONS``: meta-iterations per budget
     preset, ``paper`` being the paper's count; ``VALIDATE_EVERY``: iterations between validations
-    when training to convergence), and implement the abstract methods. A new learner is its file
+    when training to convergence), whether its test episodes are worth spreading over worker
+    processes on CPU (``TEST_IN_WORKERS``: only where one episode's adaptation takes long enough
+    to repay the processes' start-up), and implement the abstract methods. A new learner is its file
     plus one line in :data:`metabench.algorithms.LEARNERS`.
 
     Learners that keep state besides the network and ``self.optimizer`` /
@@ -93,6 +95,7 @@ class MetaLearner(ABC):
     ITERATIONS: ClassVar[dict[str, int]] = {}
     REGRESSION_ITERATIONS: ClassVar[dict[str, int]] = {}
     VALIDATE_EVERY: ClassVar[int] = 1000
+    TEST_IN_WORKERS: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -116,6 +116,10 @@ class Reptile(MetaLearner):
     #: each, 0.23 s per episode in two processes), so about 11 minutes of training (0.13 s per
     #: meta-iteration) between validations keep it near a quarter of the time.
     VALIDATE_EVERY: ClassVar[int] = 5000
+    #: 50 fine-tuning steps per test episode: two single-thread worker processes took it from
+    #: about 380 to 262 ms per episode on 2 CPU cores (the other learners' few steps or single
+    #: pass, 30-70 ms, do not repay the processes' start-up).
+    TEST_IN_WORKERS: ClassVar[bool] = True
 
     def __init__(self, config: ReptileConfig, ways, image_shape, total_iterations, device, seed) -> None:
         super().__init__(config, ways, image_shape, total_iterations, device, seed)

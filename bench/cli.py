@@ -206,8 +206,8 @@ RUN_KEYS = ("dataset", "split", "test_dataset", "test_split", "ways", "shots", "
 
 def resume_values(args: argparse.Namespace) -> dict[str, Any]:
     """The configuration of the run to resume (``--resume DIR``): the one its working folder
-    recorded, with the flags that change no result (``--workers``, ``--data-root``,
-    ``--no-download``, ``--checkpoint-minutes``) applied.
+    recorded, with the flags that change no result (``--data-root``, ``--no-download``,
+    ``--checkpoint-minutes``) applied.
 
     Raises:
         ConfigError: if DIR is not a working folder (or is a finished run), or other flags are given.
@@ -220,13 +220,14 @@ def resume_values(args: argparse.Namespace) -> dict[str, Any]:
     if not work.name.endswith(workdir.SUFFIX) and workdir.working_folder(work).is_dir():
         work = workdir.working_folder(work)
     state = workdir.read_state(work)
-    given = [k for k in RUN_KEYS if getattr(args, k) is not None and k not in workdir.NOT_DEFINING]
+    given = [k for k in RUN_KEYS if getattr(args, k) is not None and (k not in workdir.NOT_DEFINING or k == "out")]
     if args.config or args.sets or given:
         flags = ["--config"] * bool(args.config) + ["--set"] * bool(args.sets) + [f"--{k.replace('_', '-')}" for k in given]
         raise ConfigError(f"--resume takes every setting from {work}/state.json: drop {', '.join(flags)}")
     values = {k: v for k, v in state["config"].items() if k not in ("skipped", "device_resolved")}
+    values["learners"] = [*values["learners"], *state["config"].get("skipped", {})]  # as asked, so skipped is the same
     values["out"] = str(workdir.run_directory(work))
-    for key in workdir.NOT_DEFINING - {"out"}:
+    for key in workdir.NOT_DEFINING - {"out", "skipped"}:
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     return values

@@ -53,11 +53,6 @@ def score(learner: MetaLearner, sampler: EpisodeSampler | SinusoidSampler, indic
 
 _WORKER: dict = {}
 
-#: Seconds the first test episode must take before the rest are spread over worker processes.
-#: Measured on 2 CPU cores (quick run, 600 episodes): two workers took Reptile from about 380 to
-#: 262 ms per episode but MAML from 55 to 74 and Prototypical Networks from 28 to 47 (start-up).
-PARALLEL_MIN_SECONDS = 0.15
-
 
 def _init_worker(payload: bytes, threads: int) -> None:
     """Worker process set-up: a private copy of the learner and sampler, and its thread count.
@@ -98,9 +93,11 @@ def evaluate(
         desc: progress-bar label; ``None`` hides the bar.
         workers: processes to spread the episodes over (CPU only; each gets
             ``max(1, torch threads // workers)`` threads and its own copy of the learner). They
-            are used only when the first episode, scored in this process, took at least
-            :data:`PARALLEL_MIN_SECONDS`. Every episode is scored by the same computation
-            whatever ``workers`` is.
+            are used only for learners whose class sets ``TEST_IN_WORKERS`` (slow test-time
+            adaptation) and at least ``4 * workers`` episodes: a decision that depends on nothing
+            but these, never on timings, so the same call scores the same way every time.
+            Worker processes score with fewer threads, which changes float rounding (losses by
+            about 1e-7) but not the computation.
 
     Returns:
         ``(rows, seconds)``: one dict per episode in order, with ``episode`` and the scores of
@@ -112,15 +109,11 @@ def evaluate(
     synchronize(device)
     start = time.perf_counter()
     with tqdm(total=count, desc=desc, disable=desc is None, leave=False, unit="ep") as bar:
-        rows = score(learner, sampler, range(min(1, count)))  # the first episode, timed serially
-        bar.update(len(rows))
-        first_seconds = time.perf_counter() - start
-        rest = range(len(rows), count)
+        rows: list[dict] = []
         # Worker start-up (importing torch, copying the learner) costs seconds, so processes are
-        # used only where each episode is slow enough to repay them: Reptile's 50-step
-        # fine-tuning (about 0.4 s) and not the others' few steps or single pass (30-70 ms).
-        parallel = (workers > 1 and device.type == "cpu" and first_seconds >= PARALLEL_MIN_SECONDS
-                    and len(rest) >= 4 * workers)
+        # used only for learners whose episodes are slow enough to repay them.
+        parallel = workers > 1 and device.type == "cpu" and type(learner).TEST_IN_WORKERS and count >= 4 * workers
+        rest = range(count)
         if not parallel:
             for i in rest:
                 rows += score(learner, sampler, range(i, i + 1))

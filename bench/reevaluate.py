@@ -38,8 +38,8 @@ from metabench.environment import environment
 from metabench.errors import ConfigError
 from metabench.evaluation import REGRESSION_STEPS, default_workers, evaluate
 from metabench.outdir import check_writable, write_atomically
+from metabench.rundata import data_for
 from metabench.runner import (
-    data_for,
     resolve_device,
     summarize,
     summarize_regression,
@@ -157,8 +157,8 @@ def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True, 
             skipped[name] = f"{exc}".split(":")[0] + f", so it cannot be tested {config.ways}-way"
     learners = tuple(n for n in config.learners if n not in skipped)
     if not learners:
-        raise ConfigError(f"no learner of {run_dir} can be tested {config.ways}-way: the metric learners (protonet, "
-                          "matchingnet) take any N; use --ways with the trained N for the others")
+        raise ConfigError(f"no learner of {run_dir} can be tested {config.ways}-way (their output layers fix N): use --ways "
+                          "with the N they were trained for, or a run of learners without an N-way layer")
     config = dataclasses.replace(config, learners=learners, skipped=skipped)
     data = data_for(config)
     workers = config.workers or default_workers(device)
@@ -172,10 +172,11 @@ def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True, 
             label = f"test  {name} seed {seed}" if progress else None
             rows, test_s = evaluate(learner, data.test, config.test_episodes, label, workers=workers)
             episode_rows += [{"seed": seed, "learner": name, **r} for r in rows]
-            train_s = float("nan")
+            train_s, trained = float("nan"), learner.iteration
             if source_summary is not None and name in set(source_summary["learner"]):
-                train_s = float(source_summary.loc[source_summary["learner"] == name, "meta_train_s"].iloc[0])
-            timing_rows.append({"seed": seed, "learner": name, "meta_iterations": learner.iteration,
+                row = source_summary.loc[source_summary["learner"] == name].iloc[0]
+                train_s, trained = float(row["meta_train_s"]), int(row["meta_iterations"])
+            timing_rows.append({"seed": seed, "learner": name, "meta_iterations": trained,
                                 "meta_train_seconds": train_s, "test_seconds": test_s,
                                 "test_episodes": config.test_episodes})
             weights[f"{name}-seed{seed}"] = _sha256(path)

@@ -30,7 +30,6 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,15 +43,12 @@ from tqdm.auto import tqdm
 from metabench import __version__, checkpoint, workdir
 from metabench.algorithms import LEARNERS, MetaLearner, build_learner, learner_config
 from metabench.config import RunConfig
-from metabench.datasets import DATASETS, load_split
-from metabench.datasets import sinusoid as sinusoid_tasks
-from metabench.datasets.base import Split
-from metabench.datasets.sampler import EpisodeSampler, fingerprint
-from metabench.datasets.sinusoid import SinusoidSampler
+from metabench.datasets import DATASETS
 from metabench.environment import cpu_name, environment, git_commit
-from metabench.errors import ConfigError
+from metabench.errors import ConfigError, MetabenchError
 from metabench.evaluation import REGRESSION_STEPS, default_workers, evaluate
 from metabench.outdir import check_writable, write_atomically
+from metabench.rundata import RunData, data_for
 from metabench.statistics import mean_ci95
 from metabench.training import Checkpointer, Validation, train
 
@@ -85,7 +81,6 @@ def default_out(config: RunConfig) -> Path:
     return Path("runs") / f"{stamp}-{config.dataset}-{config.split}-{config.ways}w{config.shots}s"
 
 
-Sampler = EpisodeSampler | SinusoidSampler
 
 
 def summarize(episodes: pd.DataFrame, timings: pd.DataFrame, learners: tuple[str, ...]) -> pd.DataFrame:
@@ -272,9 +267,10 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 def read_csv(path: Path) -> pd.DataFrame:
-    """A CSV written by metabench, with floats read back exactly as written (pandas 3 does by
-    default; pandas 2 needs ``float_precision="round_trip"``)."""
-    if int(pd.__version__.split(".")[0]) >= 3:
+    """A CSV written by metabench, with floats read back exactly as written (pandas from 3.1
+    does by default and deprecates the option; before, it needs ``float_precision="round_trip"``)."""
+    major, minor = (int(v) for v in pd.__version__.split(".")[:2])
+    if (major, minor) >= (3, 1):
         return pd.read_csv(path)
     return pd.read_csv(path, float_precision="round_trip")
 
@@ -364,6 +360,8 @@ def run(config: RunConfig, progress: bool = True) -> Path:
                      started, wall_start)
     except KeyboardInterrupt:
         raise RunInterrupted(work) from None
+    except MetabenchError:
+        raise  # one line that names the fix; the working folder stays as it is
     except BaseException:
         print(f"metabench: the run's working folder {work} is kept: resume with `metabench run --resume {work}` "
               f"once the problem is fixed, or delete it", file=sys.stderr)
@@ -498,64 +496,3 @@ def _publish(config: RunConfig, out: Path, work: Path, results: list[_UnitResult
             shutil.copyfile(r.weights, folder / "weights" / f"{_unit_name(r.name, r.seed)}.safetensors")
 
     write_atomically(out, write)
-
-
-@dataclass(frozen=True)
-class RunData:
-    """Where a run's episodes come from.
-
-    Attributes:
-        input_shape: ``(channels, H, W)`` of images, or ``(1,)`` for sinusoid inputs.
-        test, val: the shared test sampler and the validation sampler (None without validation
-            classes).
-        train_sampler: ``(shape, seed, what) -> sampler`` of training episodes; ``what`` names them
-            in error messages. Raises ConfigError if the shape does not fit the training data.
-        fingerprint: ``(test indices) -> sha256`` identifying the test episodes.
-    """
-
-    input_shape: tuple[int, ...]
-    test: Sampler
-    val: Sampler | None
-    train_sampler: Callable[..., Sampler]
-    fingerprint: Callable[[list], str]
-
-
-def data_for(config: RunConfig) -> RunData:
-    """The samplers of a run: sinusoid tasks, or episodes of the (train and test) image splits."""
-    if DATASETS[config.dataset].kind == "regression":
-        return RunData(
-            input_shape=(1,),
-            test=SinusoidSampler(config.shots, config.queries, config.episode_seed, "test"),
-            val=SinusoidSampler(config.shots, config.queries, config.episode_seed, "val") if config.val_episodes > 0 else None,
-            train_sampler=lambda shape, seed, what="": SinusoidSampler(shape.shots, shape.queries, seed, "train"),
-            fingerprint=sinusoid_tasks.fingerprint,
-        )
-    split = load_split(config.dataset, config.split, config.data_root, config.image_size, config.download)
-    test_split = split
-    if (config.test_dataset, config.test_split) != (config.dataset, config.split):
-        test_split = load_split(config.test_dataset, config.test_split, config.data_root, config.image_size, config.download)
-    test, val = _eval_samplers(config, split, test_split)
-    where = f"{config.dataset}/{config.split}"
-
-    def train_sampler(shape, seed: int, what: str = "") -> EpisodeSampler:
-        return EpisodeSampler(split.train, shape.ways, shape.shots, shape.queries, seed, stream="train",
-                              description=f"train split of {where} {what}".rstrip())
-
-    return RunData(split.train.dataset.image_shape, test, val, train_sampler,
-                 lambda ids: fingerprint(test_split.test, ids))
-
-
-def _eval_samplers(config: RunConfig, split: Split, test_split: Split) -> tuple[EpisodeSampler, EpisodeSampler | None]:
-    """The shared test sampler (test partition of ``test_split``) and, if ``split`` has
-    validation classes, the validation sampler."""
-    test = EpisodeSampler(
-        test_split.test, config.ways, config.shots, config.queries, config.episode_seed, "test",
-        description=f"test split of {config.test_dataset}/{config.test_split}",
-    )
-    val = None
-    if len(split.val) > 0 and config.val_episodes > 0:
-        val = EpisodeSampler(
-            split.val, min(config.ways, len(split.val)), config.shots, config.queries,
-            config.episode_seed, "val", description=f"validation split of {config.dataset}/{config.split}",
-        )
-    return test, val

@@ -138,7 +138,8 @@ class Checkpointer:
         folder: the learner x seed's folder inside the run's working folder.
         interval_s: wall-clock seconds between checkpoints (0: after every meta-iteration);
             checkpoints are also written after every validation and at the end.
-        warn: called with a one-line message when the last checkpoint had to be skipped.
+        warn: called with a one-line message when the last checkpoint is unreadable and the
+            previous one is used instead.
     """
 
     def __init__(self, folder: Path, interval_s: float, warn=print) -> None:
@@ -180,6 +181,8 @@ class Checkpointer:
                 continue
             if errors:
                 self.warn(f"metabench: warning: {errors[0]}; resuming from {path.name} instead")
+                # Removed now, so that the next save does not rotate it over the good one.
+                self.last.unlink(missing_ok=True)
             return state
         if errors:
             raise checkpoint.CheckpointError(
@@ -250,7 +253,7 @@ def train(
     saved = checkpointer.load() if checkpointer is not None else None
     if saved is not None:
         tensors, meta = saved
-        learner.load_training_state({k: v.to(device) for k, v in tensors.items()}, meta["learner"])
+        learner.load_training_state(tensors, meta["learner"])  # load_state_dict places them (Adam's step stays on CPU)
         torch.set_rng_state(tensors["rng.torch"])
         state = LoopState(**meta["loop"])
         best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}

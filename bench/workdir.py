@@ -2,10 +2,12 @@
 
 While ``metabench run --out DIR`` trains, everything it keeps lives in ``DIR.incomplete/``:
 
-``state.json``        what the run is: its configuration and the fingerprint of the code that
+``state.json``        what the run is: its configuration, the fingerprint of the code that
                       trains (one SHA-256 per source file of ``metabench.algorithms``,
-                      ``metabench.datasets``, :mod:`metabench.training` and
-                      :mod:`metabench.evaluation`), the git commit, when it started
+                      ``metabench.datasets``, :mod:`metabench.training`,
+                      :mod:`metabench.evaluation`, :mod:`metabench.statistics` and
+                      :mod:`metabench.rundata`), the software that computes (torch and numpy
+                      versions, torch's thread count), the git commit, when it started
 ``INCOMPLETE.txt``    for a person: the run is unfinished; how to resume or delete it
 ``lock``              held (``flock``) by the process working on the folder
 ``units/<learner>-seed<k>/last.safetensors``, ``previous.safetensors``
@@ -17,7 +19,8 @@ While ``metabench run --out DIR`` trains, everything it keeps lives in ``DIR.inc
 When every learner x seed is done the run directory ``DIR`` is published atomically and the
 working folder removed. A run resumes (``metabench run --resume DIR.incomplete``, or the same
 command with the same ``--out``) only with the same configuration and the same training code:
-anything else could not reproduce the uninterrupted run bit for bit.
+anything else could not reproduce the uninterrupted run bit for bit (the same holds for the
+software: another torch version or thread count rounds differently).
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ from metabench.errors import ConfigError
 SUFFIX = ".incomplete"
 #: ``state.json``'s ``format`` value.
 FORMAT = "metabench-working-folder/1"
-#: Configuration keys that do not change any result, so a resume may differ in them.
-NOT_DEFINING = frozenset({"out", "data_root", "download", "workers", "checkpoint_minutes"})
+#: Configuration keys that do not change any result, so a resume may differ in them (``skipped``
+#: is derived from the learners and the dataset, which are compared).
+NOT_DEFINING = frozenset({"out", "data_root", "download", "checkpoint_minutes", "skipped"})
 
 
 def working_folder(out: Path) -> Path:
@@ -53,9 +57,10 @@ def run_directory(work: Path) -> Path:
 
 def code_files() -> dict[str, Path]:
     """The source files whose contents decide a training's numbers, by package-relative name:
-    every ``.py`` file of ``metabench.algorithms`` and ``metabench.datasets``, and
-    ``metabench/training.py`` and ``metabench/evaluation.py`` (validation scores choose the
-    best checkpoint)."""
+    every ``.py`` file of ``metabench.algorithms`` and ``metabench.datasets``, and of
+    ``metabench`` the training loop, the scoring and its statistics (validation scores choose the
+    best checkpoint) and the run's samplers (``training.py``, ``evaluation.py``,
+    ``statistics.py``, ``rundata.py``)."""
     import metabench
     import metabench.algorithms
     import metabench.datasets
@@ -65,13 +70,22 @@ def code_files() -> dict[str, Path]:
         folder = Path(package.__file__).parent
         files.update({f"{label}/{p.name}": p for p in sorted(folder.glob("*.py"))})
     bench = Path(metabench.__file__).parent
-    files.update({f"bench/{name}": bench / name for name in ("training.py", "evaluation.py")})
+    files.update({f"bench/{name}": bench / name for name in ("training.py", "evaluation.py", "statistics.py", "rundata.py")})
     return files
 
 
 def code_fingerprint() -> dict[str, str]:
     """SHA-256 (hex) of each of :func:`code_files`."""
     return {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in code_files().items()}
+
+
+def software() -> dict[str, Any]:
+    """What computes besides the code: torch and numpy versions and torch's intra-op thread
+    count (a different thread count changes float rounding in convolutions)."""
+    import numpy
+    import torch
+
+    return {"torch": torch.__version__, "numpy": numpy.__version__, "torch_threads": torch.get_num_threads()}
 
 
 def defining(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -103,18 +117,23 @@ def incomplete_text(work: Path) -> str:
 
 
 def create(work: Path, config: Mapping[str, Any], commit: dict[str, Any], started_at: str) -> None:
-    """Create the working folder ``work`` with ``state.json`` and ``INCOMPLETE.txt``.
+    """Create the working folder ``work`` with ``state.json``, ``INCOMPLETE.txt`` and ``units/``,
+    all or nothing (:func:`~metabench.outdir.write_atomically`).
 
     Raises:
-        OSError: if it cannot be written.
+        ConfigError: if it cannot be written, or another process created it meanwhile.
     """
-    from metabench.checkpoint import write_bytes_atomically
+    from metabench.outdir import write_atomically
 
-    work.mkdir(parents=True)
-    (work / "units").mkdir()
-    state = {"format": FORMAT, "config": dict(config), "code": code_fingerprint(), "git": commit, "started_at": started_at}
-    write_bytes_atomically(work / "state.json", (json.dumps(state, indent=2) + "\n").encode())
-    write_bytes_atomically(work / "INCOMPLETE.txt", incomplete_text(work).encode())
+    state = {"format": FORMAT, "config": dict(config), "code": code_fingerprint(), "software": software(),
+             "git": commit, "started_at": started_at}
+
+    def write(folder: Path) -> None:
+        (folder / "units").mkdir()
+        (folder / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+        (folder / "INCOMPLETE.txt").write_text(incomplete_text(work))
+
+    write_atomically(work, write, "working folder")
 
 
 def read_state(work: Path) -> dict[str, Any]:
@@ -148,11 +167,20 @@ def check_resumable(work: Path, state: Mapping[str, Any], config: Mapping[str, A
     now = code_fingerprint()
     changed = sorted(name for name in set(state["code"]) | set(now) if state["code"].get(name) != now.get(name))
     if changed:
-        commit = (state.get("git") or {}).get("commit")
+        git = state.get("git") or {}
+        commit = git.get("commit")
         where = (f"check out commit {commit[:12]} (e.g. git worktree add ../metabench-{commit[:7]} {commit[:12]}) and resume "
                  "from there") if commit else "resume with the code that started it"
+        if git.get("dirty"):
+            where += " (it was started from a tree with uncommitted changes, which the commit lacks)"
         raise ConfigError(f"{work} was started with other training code ({', '.join(changed)} differ): {where}, "
                           f"or delete {work} to start again")
+    then, current = state.get("software", {}), software()
+    diff = [f"{k} {then[k]} -> {current.get(k)}" for k in sorted(then) if then[k] != current.get(k)]
+    if diff:
+        raise ConfigError(f"{work} was started with other software ({'; '.join(diff)}), which rounds differently: resume it "
+                          "with the same torch and numpy and the same thread count (e.g. OMP_NUM_THREADS), or delete "
+                          f"{work} to start again")
 
 
 @contextmanager

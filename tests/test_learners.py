@@ -218,13 +218,21 @@ def test_learner_improves_over_chance_on_tiny_budget(name: str, omniglot_vinyals
 
 @pytest.mark.slow
 def test_evaluation_in_worker_processes_matches_in_process(omniglot_vinyals, monkeypatch) -> None:
-    """Spreading test episodes over processes changes nothing but the wall time."""
+    """Spreading test episodes over processes changes nothing but the wall time (and float
+    rounding of the losses, from fewer threads per process); whether they are used depends only
+    on the learner's class, the workers asked for and the episode count."""
     from metabench import evaluation
-    monkeypatch.setattr(evaluation, "PARALLEL_MIN_SECONDS", 0.0)  # use the workers for any episode
     calls: list = []
     real_pool = evaluation.ProcessPoolExecutor
     monkeypatch.setattr(evaluation, "ProcessPoolExecutor", lambda *a, **k: calls.append(a) or real_pool(*a, **k))
     sampler = EpisodeSampler(omniglot_vinyals.test, 5, 1, 5, seed=0)
+    protonet = build_learner("protonet", 5, (1, 28, 28), total_iterations=10, seed=0)
+    evaluate(protonet, sampler, 12, workers=2)
+    assert not calls, "Prototypical Networks' single pass does not repay worker processes"
+    reptile = build_learner("reptile", 5, (1, 28, 28), total_iterations=10, seed=0, overrides={"test_inner_steps": 3})
+    evaluate(reptile, sampler, 7, workers=2)
+    assert not calls, "fewer than 4 episodes per worker are scored in this process"
+    monkeypatch.setattr(LEARNERS["protonet"], "TEST_IN_WORKERS", True)  # use the workers for it too
     for name in ("reptile", "protonet"):
         learner = build_learner(name, 5, (1, 28, 28), total_iterations=10, seed=0,
                                 overrides={"test_inner_steps": 3} if name == "reptile" else None)

@@ -106,6 +106,10 @@ def test_corrupt_checkpoint_falls_back_then_fails_with_the_file_named(tmp_path: 
     tensors, meta = ckpt.load()
     assert meta == {"step": 1} and torch.equal(tensors["w"], torch.arange(3.0))
     assert len(warnings) == 1 and "last.safetensors is truncated or corrupt" in warnings[0] and "previous" in warnings[0]
+    assert not ckpt.last.exists()  # removed, so the next save cannot rotate it over the good one
+    ckpt.save({"w": torch.arange(3.0) * 3}, {"step": 3})
+    assert checkpoint.load(ckpt.previous)[1] == {"step": 1} and ckpt.load()[1] == {"step": 3}
+    ckpt.last.write_bytes(data[: len(data) // 2])
     ckpt.previous.write_bytes(b"\x00" * 40)
     with pytest.raises(checkpoint.CheckpointError, match=r"no readable checkpoint in .*unit: .*last.safetensors is "
                                                          r"truncated .*previous.safetensors is truncated .*: delete"):
@@ -119,8 +123,10 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path: Path, d
     straight = metabench("run", "--quiet", *SMALL, "--out", "straight", data_root=data_root, cwd=tmp_path)
     assert straight.wait(timeout=300) == 0, straight.stderr.read()
     rng = random.Random(13)
-    kills = 0
+    kills, resumed = 0, 0
+    work = tmp_path / "killed.incomplete"
     for _ in range(30):
+        had_progress = bool(list(work.glob("units/*/*.safetensors")) or list(work.glob("units/*/done")))
         proc = metabench("run", "--quiet", *SMALL, "--out", "killed", data_root=data_root, cwd=tmp_path)
         try:
             proc.wait(timeout=rng.uniform(2.0, 7.0) + 0.3 * kills)
@@ -128,10 +134,12 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path: Path, d
             proc.kill()
             proc.wait()
             kills += 1
+            resumed += had_progress
             continue
         assert proc.returncode == 0, proc.stderr.read()
+        resumed += had_progress
         break
-    assert kills >= 1, "the run finished before it could be killed"
+    assert kills >= 1 and resumed >= 1, f"{kills} kills, {resumed} starts from a checkpoint: the resume path did not run"
     assert (tmp_path / "killed").is_dir() and not (tmp_path / "killed.incomplete").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no partial folders
     assert_same_run(tmp_path / "straight", tmp_path / "killed")
@@ -194,10 +202,17 @@ def test_resume_refuses_another_configuration_other_code_and_extra_flags(
     assert run_cli(*changed) == 2
     one_line_error(f"{work} was started with another configuration (iterations: ", "-> {\"protonet\": 7",
                    f"resume it with `metabench run --resume {work}` alone")
-    assert run_cli("--resume", str(work), "--budget", "quick") == 2
-    one_line_error(f"--resume takes every setting from {work}/state.json: drop --budget")
-    # other training code: the recorded fingerprint of one file differs
+    assert run_cli("--resume", str(work), "--budget", "quick", "--out", "elsewhere") == 2
+    one_line_error(f"--resume takes every setting from {work}/state.json: drop --budget, --out")
+    # other software: another thread count rounds differently
     state = json.loads((work / "state.json").read_text())
+    state["software"]["torch_threads"] = 64
+    (work / "state.json").write_text(json.dumps(state))
+    assert run_cli("--resume", str(work)) == 2
+    one_line_error(f"{work} was started with other software (torch_threads 64 -> {torch.get_num_threads()})",
+                   "the same thread count")
+    state["software"]["torch_threads"] = torch.get_num_threads()
+    # other training code: the recorded fingerprint of one file differs
     state["code"]["algorithms/protonet.py"] = "0" * 64
     state["git"] = {"commit": "a" * 40, "dirty": False}
     (work / "state.json").write_text(json.dumps(state))
@@ -229,6 +244,34 @@ def test_resume_of_the_same_command_finishes_and_skips_finished_learners(
 
 
 @pytest.mark.slow
+def test_resume_of_a_regression_run_with_a_skipped_learner(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Prototypical Networks is skipped for sinusoids; the pretrained baseline tunes its step size
+    on validation tasks: the resumed run equals an uninterrupted one and re-tests the same."""
+    args = ["--dataset", "sinusoid", "--budget", "smoke", "--learners", "maml,protonet,pretrained", "--iterations", "20",
+            "--test-episodes", "6", "--val-episodes", "4", "--checkpoint-minutes", "0"]
+    assert run_cli(*args, "--out", str(tmp_path / "straight")) == 0
+    real = runner._train_and_test
+    calls = []
+
+    def stop_after_first(*a, **k):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "_train_and_test", stop_after_first)
+    assert run_cli(*args, "--out", str(tmp_path / "resumed")) == 130
+    monkeypatch.setattr(runner, "_train_and_test", real)
+    capsys.readouterr()
+    assert run_cli("--resume", str(tmp_path / "resumed.incomplete")) == 0
+    straight, resumed = (runner.read_csv(tmp_path / d / "episodes.csv") for d in ("straight", "resumed"))
+    pd.testing.assert_frame_equal(straight, resumed, check_exact=True)
+    assert json.loads((tmp_path / "resumed" / "run.json").read_text())["skipped"].keys() == {"protonet"}
+    assert cli.main(["evaluate", "--quiet", str(tmp_path / "resumed"), "--out", str(tmp_path / "again")]) == 0
+    pd.testing.assert_frame_equal(resumed, runner.read_csv(tmp_path / "again" / "episodes.csv"), check_exact=True)
+
+
+@pytest.mark.slow
 def test_bad_resume_targets_and_evaluate_without_weights(tmp_path: Path, data_root: Path, one_line_error) -> None:
     (tmp_path / "junk").mkdir()
     assert run_cli("--resume", str(tmp_path / "junk")) == 2
@@ -253,20 +296,25 @@ def test_bad_resume_targets_and_evaluate_without_weights(tmp_path: Path, data_ro
 @pytest.mark.slow
 def test_evaluate_retests_kept_weights_cross_domain_and_at_another_n(tmp_path: Path, data_root: Path) -> None:
     out = tmp_path / "trained"
-    assert run_cli("--budget", "smoke", "--learners", "maml,protonet,matchingnet", "--test-episodes", "4",
-                   "--data-root", str(data_root), "--out", str(out)) == 0
-    # the same episodes again: the same per-episode results as the run itself
+    assert run_cli("--budget", "smoke", "--learners", "maml,reptile,protonet,matchingnet", "--test-episodes", "8",
+                   "--set", "reptile.test_inner_steps=3", "--workers", "2", "--data-root", str(data_root),
+                   "--out", str(out)) == 0
+    # the same episodes again (Reptile's in two worker processes): the same per-episode results as the run itself
     assert cli.main(["evaluate", "--quiet", str(out), "--out", str(tmp_path / "again")]) == 0
     pd.testing.assert_frame_equal(runner.read_csv(out / "episodes.csv"), runner.read_csv(tmp_path / "again" / "episodes.csv"),
                                   check_exact=True)
     assert cli.main(["evaluate", "--quiet", str(out), "--test-dataset", "digits", "--test-episodes", "3"]) == 0
     digits = tmp_path / "trained-eval-digits-5w1s"
     run = read_run(digits)
-    assert run.setting.short == "omniglot-to-digits-vinyals-to-all-5w1s" and set(run.learners) == {"maml", "protonet", "matchingnet"}
+    assert run.setting.short == "omniglot-to-digits-vinyals-to-all-5w1s"
+    assert set(run.learners) == {"maml", "reptile", "protonet", "matchingnet"} and len(run.episodes) == 4 * 3
+    assert run.episodes["accuracy"].between(0, 100).all()
+    assert json.loads((digits / "run.json").read_text())["test_pool"] == "digits/all/test"
     assert json.loads((digits / "run.json").read_text())["evaluated_from"] == str(out)
     assert cli.main(["evaluate", "--quiet", str(out), "--ways", "20", "--test-episodes", "3",
                      "--out", str(tmp_path / "wide")]) == 0
     wide = read_run(tmp_path / "wide")
     assert wide.setting.ways == 20 and set(wide.learners) == {"protonet", "matchingnet"}
-    assert "MAML was trained 5-way" in json.loads((tmp_path / "wide" / "run.json").read_text())["skipped"]["maml"]
+    skipped = json.loads((tmp_path / "wide" / "run.json").read_text())["skipped"]
+    assert skipped.keys() == {"maml", "reptile"} and "MAML was trained 5-way" in skipped["maml"]
     assert wide.episodes["accuracy"].between(0, 100).all()
