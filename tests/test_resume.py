@@ -176,8 +176,9 @@ def test_ctrl_c_keeps_checkpoints_says_how_to_resume_and_resume_finishes(tmp_pat
     assert training["maml-seed0"]["meta_iterations"] == 40
 
 
-def interrupted_run(tmp_path: Path, data_root: Path, monkeypatch, capsys) -> Path:
-    """An in-process run stopped (as by Ctrl-C) after its first learner: returns its working folder."""
+def stop_after_first_learner(monkeypatch) -> object:
+    """Make in-process runs stop, as by Ctrl-C, when their second learner x seed starts;
+    returns the real ``runner._train_and_test`` to put back."""
     real = runner._train_and_test
     calls = []
 
@@ -188,6 +189,12 @@ def interrupted_run(tmp_path: Path, data_root: Path, monkeypatch, capsys) -> Pat
         return real(*a, **k)
 
     monkeypatch.setattr(runner, "_train_and_test", stop_after_first)
+    return real
+
+
+def interrupted_run(tmp_path: Path, data_root: Path, monkeypatch, capsys) -> Path:
+    """An in-process run stopped (as by Ctrl-C) after its first learner: returns its working folder."""
+    real = stop_after_first_learner(monkeypatch)
     out = tmp_path / "run"
     assert run_cli(*SMALL, "--learners", "protonet,matchingnet", "--data-root", str(data_root), "--out", str(out)) == 130
     monkeypatch.setattr(runner, "_train_and_test", real)
@@ -256,16 +263,7 @@ def test_resume_of_a_regression_run_with_a_skipped_learner(tmp_path: Path, monke
     args = ["--dataset", "sinusoid", "--budget", "smoke", "--learners", "maml,protonet,pretrained", "--iterations", "20",
             "--test-episodes", "6", "--val-episodes", "4", "--checkpoint-minutes", "0"]
     assert run_cli(*args, "--out", str(tmp_path / "straight")) == 0
-    real = runner._train_and_test
-    calls = []
-
-    def stop_after_first(*a, **k):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(runner, "_train_and_test", stop_after_first)
+    real = stop_after_first_learner(monkeypatch)
     assert run_cli(*args, "--out", str(tmp_path / "resumed")) == 130
     monkeypatch.setattr(runner, "_train_and_test", real)
     capsys.readouterr()
