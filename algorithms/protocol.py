@@ -24,6 +24,8 @@ from torch import nn
 from metabench.datasets.sampler import Episode
 from metabench.errors import ConfigError
 
+from .backbones import Conv4
+
 
 @dataclass(frozen=True)
 class EpisodeShape:
@@ -153,6 +155,30 @@ class MetaLearner(ABC):
             NotImplementedError: for learners that do not adapt by gradient steps.
         """
         raise NotImplementedError(f"{self.title} does not adapt by gradient steps")
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The learner's embedding of images under its meta-learned parameters, without
+        adaptation: the Conv4 features (the input of the linear head for MAML, first-order
+        MAML and Reptile; the metric space of Prototypical and Matching Networks).
+
+        Used by acquisition strategies that work in embedding space (k-center greedy, Sener &
+        Savarese 2018). Batch norm normalises with the statistics of ``x`` (transductive, see
+        :mod:`~metabench.algorithms.backbones`), so embed the whole pool in one call.
+
+        Args:
+            x: float32 ``[B, C, H, W]`` images on the learner's device.
+
+        Returns:
+            float32 ``[B, D]``.
+
+        Raises:
+            NotImplementedError: for a learner whose network is not a Conv4 (regression MLPs).
+        """
+        encoder = getattr(self.model, "encoder", self.model)
+        if not isinstance(encoder, Conv4):
+            raise NotImplementedError(f"{self.title} has no image embedding (its network is a {type(encoder).__name__})")
+        return encoder.features(x).flatten(1)
 
     def finish_training(self, val_episodes: Sequence[Episode]) -> dict[str, Any]:
         """Called once after meta-training with validation episodes (on the learner's device;

@@ -12,6 +12,7 @@ files are, fetching and checking them (:mod:`metabench.data`). Errors are printe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import threading
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="LEARNER.NAME=VALUE",
                      help="override a hyperparameter, e.g. --set maml.inner_lr=0.1 (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_protocol_arguments(run)
 
     t = sub.add_parser(
         "time", help="time one meta-training step per learner and implementation",
@@ -135,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-download", dest="download", action="store_false", default=None, help="fail instead of downloading")
     e.add_argument("--out", help="directory to create (default RUN_DIR-eval-<dataset>-<N>w<K>s beside RUN_DIR)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_protocol_arguments(e)
 
     r = sub.add_parser(
         "report", help="tables, statistics and figures from run and timing directories",
@@ -152,6 +155,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_arguments(d)
     return parser
+
+
+#: Flags of the evaluation protocols' settings: flag destination -> settings field.
+PROTOCOL_FLAGS = {"pool": "pool", "pool_queries": "queries", "start_labels": "start", "round_size": "round_size",
+                  "label_budget": "budget", "strategies": "strategies", "epsilon": "epsilon",
+                  "target_accuracy": "target"}
+
+
+def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--protocol`` and the protocols' settings (see :mod:`metabench.protocols`)."""
+    g = parser.add_argument_group("evaluation protocol", "how the trained learners are tested (see the README)")
+    g.add_argument("--protocol", help="episodic (image datasets' default), regression (sinusoid's default), or active: "
+                                      "active selection of support labels from an unlabelled pool")
+    g.add_argument("--pool", type=int, help="active: P unlabelled pool images per class (default 10)")
+    g.add_argument("--pool-queries", type=int, help="active: Q query images per class, scored every round (default 10)")
+    g.add_argument("--start-labels", type=int, help="active: labels per class before the first round (default 1)")
+    g.add_argument("--round-size", type=int, help="active: labels acquired per round (default N)")
+    g.add_argument("--label-budget", type=int, help="active: labels held after the last round, seed set included (default 4N)")
+    g.add_argument("--strategies", help="active: comma-separated acquisition strategies (default all: random, balanced, "
+                                        "entropy, margin, least_confidence, kcenter)")
+    g.add_argument("--epsilon", type=float, help="active: probability that the annotator gives a wrong label (default 0)")
+    g.add_argument("--target-accuracy", type=float, help="active: accuracy (%%) for 'labels to reach' (default 95)")
+
+
+def protocol_values(args: argparse.Namespace, configured: str | None = None) -> dict[str, Any]:
+    """``protocol`` and ``protocol_settings`` from the flags (empty when none is given);
+    ``configured`` is the protocol a TOML file chose, if any.
+
+    Raises:
+        ConfigError: a setting flag given without a protocol that has it.
+    """
+    from metabench.protocols import registry
+
+    values: dict[str, Any] = {}
+    if args.protocol is not None:
+        values["protocol"] = args.protocol
+    settings = {PROTOCOL_FLAGS[k]: getattr(args, k) for k in PROTOCOL_FLAGS if getattr(args, k) is not None}
+    if settings:
+        protocol = args.protocol or configured
+        owner = registry().get(protocol or "")
+        fields = set() if owner is None else {f.name for f in dataclasses.fields(owner.Settings)}
+        for flag, field in PROTOCOL_FLAGS.items():
+            if field in settings and field not in fields and getattr(args, flag) is not None:
+                name = "--" + flag.replace("_", "-")
+                raise ConfigError(f"{name} is a setting of --protocol active (this run's protocol is "
+                                  f"{protocol or 'the standard one'}): add --protocol active or drop {name}")
+        values["protocol_settings"] = settings
+    return values
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -220,7 +271,8 @@ def resume_values(args: argparse.Namespace) -> dict[str, Any]:
     if not work.name.endswith(workdir.SUFFIX) and workdir.working_folder(work).is_dir():
         work = workdir.working_folder(work)
     state = workdir.read_state(work)
-    given = [k for k in RUN_KEYS if getattr(args, k) is not None and (k not in workdir.NOT_DEFINING or k == "out")]
+    given = [k for k in (*RUN_KEYS, "protocol", *PROTOCOL_FLAGS)
+             if getattr(args, k) is not None and (k not in workdir.NOT_DEFINING or k == "out")]
     if args.config or args.sets or given:
         flags = ["--config"] * bool(args.config) + ["--set"] * bool(args.sets) + [f"--{k.replace('_', '-')}" for k in given]
         raise ConfigError(f"--resume takes every setting from {work}/state.json: drop {', '.join(flags)}")
@@ -245,6 +297,10 @@ def run_values(args: argparse.Namespace) -> dict[str, Any]:
         for learner, items in _parse_set(args.sets).items():
             hparams.setdefault(learner, {}).update(items)
         values["hparams"] = hparams
+    flags = protocol_values(args, values.get("protocol"))
+    if "protocol_settings" in flags and "protocol_settings" in values and "protocol" not in flags:
+        flags["protocol_settings"] = {**values["protocol_settings"], **flags["protocol_settings"]}
+    values.update(flags)
     return values
 
 
@@ -272,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from metabench.reevaluate import CHANGEABLE, evaluate_run
 
             changes = {k: getattr(args, k) for k in CHANGEABLE if getattr(args, k, None) is not None}
+            changes.update(protocol_values(args))
             out = evaluate_run(Path(args.run_dir), Path(args.out) if args.out else None, progress=not args.quiet, **changes)
             print((out / "summary.md").read_text())
             print(f"run directory: {out}")

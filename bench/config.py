@@ -17,6 +17,7 @@ from typing import Any
 from metabench.algorithms import LEARNERS, learner_config
 from metabench.datasets import DATASETS
 from metabench.errors import ConfigError
+from metabench.protocols import protocol_class, standard
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -168,6 +169,10 @@ class RunConfig:
             dataset's, e.g. 28 for Omniglot; 0 for regression).
         workers: processes for the test evaluation (0: one per torch CPU thread on CPU, one on
             CUDA; see :func:`metabench.evaluation.default_workers`).
+        protocol: how the trained learners are tested (:mod:`metabench.protocols`): ``episodic``
+            or ``regression`` (the dataset kind's standard protocol, the default), ``active``.
+        protocol_settings: the protocol's settings, every field of its ``Settings`` (defaults
+            filled in), e.g. ``{"pool": 10, "budget": 20, ...}`` for ``active``.
     """
 
     dataset: str = "omniglot"
@@ -197,6 +202,8 @@ class RunConfig:
     hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     image_size: int = 28
     workers: int = 0
+    protocol: str = "episodic"
+    protocol_settings: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy (for ``config.json``)."""
@@ -207,6 +214,7 @@ class RunConfig:
         d["validate_every"] = dict(self.validate_every)
         d["skipped"] = dict(self.skipped)
         d["hparams"] = {k: dict(v) for k, v in self.hparams.items()}
+        d["protocol_settings"] = dict(self.protocol_settings)
         return d
 
 
@@ -338,6 +346,18 @@ def resolve(values: Mapping[str, Any]) -> RunConfig:
             raise ConfigError(f"hyperparameters given for unknown learner {name!r}: choose from {', '.join(LEARNERS)}")
         learner_config(name, overrides, info.kind)  # validates names and types
 
+    protocol_cls = protocol_class(str(given.get("protocol", standard(info.kind))), info.kind)
+    settings = given.get("protocol_settings", {})
+    if not isinstance(settings, Mapping):
+        raise ConfigError("protocol_settings must be a table, e.g. [protocol_settings] pool = 10")
+    protocol_settings = dataclasses.asdict(protocol_cls.make_settings(dict(settings)))
+    for name in learners:
+        why = protocol_cls.check_learner(LEARNERS[name])
+        if why:
+            raise ConfigError(f"{LEARNERS[name].title} cannot run the {protocol_cls.name} protocol ({why}): "
+                              f"drop it from --learners")
+    default_episodes = min(budget.test_episodes, protocol_cls.DEFAULT_EPISODES or budget.test_episodes)
+
     seeds = given.get("seeds", (0,))
     if isinstance(seeds, str):
         seeds = [s for s in seeds.split(",") if s.strip()]
@@ -355,7 +375,7 @@ def resolve(values: Mapping[str, Any]) -> RunConfig:
         skipped=skipped,
         budget=budget_name,
         iterations=iterations,
-        test_episodes=_int("test_episodes", given.get("test_episodes", budget.test_episodes)),
+        test_episodes=_int("test_episodes", given.get("test_episodes", default_episodes)),
         val_episodes=_int("val_episodes", given.get("val_episodes", budget.val_episodes)),
         curve_points=_int("curve_points", given.get("curve_points", budget.curve_points)),
         validate_every=validate_every,
@@ -371,6 +391,8 @@ def resolve(values: Mapping[str, Any]) -> RunConfig:
         hparams={k: dict(v) for k, v in hparams.items()},
         image_size=_int("image_size", given.get("image_size", info.image_size)),
         workers=_int("workers", given.get("workers", RunConfig.workers)),
+        protocol=protocol_cls.name,
+        protocol_settings=protocol_settings,
     )
     _check_counts(config, info.kind)
     return config

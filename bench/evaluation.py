@@ -5,7 +5,9 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -43,12 +45,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def score(learner: MetaLearner, sampler: EpisodeSampler | SinusoidSampler, indices: range) -> list[dict]:
-    """Adapt ``learner`` to each episode in ``indices`` and score its query predictions.
+#: Scores one episode on the learner's device: ``(learner, episode) -> dict`` (one row) or a list
+#: of dicts (several rows, e.g. one per acquisition round). Must be picklable (a module-level
+#: function or an instance of a module-level class) to run in worker processes.
+Scorer = Callable[[MetaLearner, Episode], "dict[str, Any] | list[dict[str, Any]]"]
 
-    Returns one dict per episode: ``episode`` and the scores of :func:`score_episode`.
+
+def score(learner: MetaLearner, sampler: EpisodeSampler | SinusoidSampler, indices: range,
+          scorer: Scorer = score_episode) -> list[dict]:
+    """Adapt ``learner`` to each episode in ``indices`` and score it with ``scorer``.
+
+    Returns the rows of every episode in order, each starting with ``episode`` (its index).
     """
-    return [{"episode": i, **score_episode(learner, sampler.episode(i).to(learner.device))} for i in indices]
+    rows = []
+    for i in indices:
+        out = scorer(learner, sampler.episode(i).to(learner.device))
+        rows += [{"episode": i, **r} for r in (out if isinstance(out, list) else [out])]
+    return rows
 
 
 _WORKER: dict = {}
@@ -62,11 +75,11 @@ def _init_worker(payload: bytes, threads: int) -> None:
     (Reptile) would then race on them.
     """
     torch.set_num_threads(threads)
-    _WORKER["learner"], _WORKER["sampler"] = pickle.loads(payload)
+    _WORKER["learner"], _WORKER["sampler"], _WORKER["scorer"] = pickle.loads(payload)
 
 
-def _score_in_worker(indices: range) -> list[dict]:
-    return score(_WORKER["learner"], _WORKER["sampler"], indices)
+def _score_in_worker(indices: range) -> tuple[int, list[dict]]:
+    return len(indices), score(_WORKER["learner"], _WORKER["sampler"], indices, _WORKER["scorer"])
 
 
 def default_workers(device: torch.device) -> int:
@@ -83,8 +96,10 @@ def evaluate(
     count: int,
     desc: str | None = None,
     workers: int = 1,
+    scorer: Scorer = score_episode,
+    heavy: bool | None = None,
 ) -> tuple[list[dict], float]:
-    """Adapt ``learner`` to episodes ``0..count-1`` of ``sampler`` and score its query predictions.
+    """Adapt ``learner`` to episodes ``0..count-1`` of ``sampler`` and score them with ``scorer``.
 
     Args:
         learner: a (meta-trained) learner; its meta-parameters are not changed.
@@ -98,10 +113,15 @@ def evaluate(
             but these, never on timings, so the same call scores the same way every time.
             Worker processes score with fewer threads, which changes float rounding (losses by
             about 1e-7) but not the computation.
+        scorer: what is measured on one episode (default :func:`score_episode`, the standard
+            query accuracy and loss or MSEs); evaluation protocols pass their own.
+        heavy: whether one episode is slow enough to repay worker processes (``None``: the
+            learner class's ``TEST_IN_WORKERS``); protocols that adapt many times per episode
+            pass ``True``. Like ``TEST_IN_WORKERS``, a fixed property of the call, not a timing.
 
     Returns:
-        ``(rows, seconds)``: one dict per episode in order, with ``episode`` and the scores of
-        :func:`score_episode` (``accuracy`` in percent and ``loss`` in nats, or ``mse_<steps>``),
+        ``(rows, seconds)``: the rows of every episode in order, each with ``episode`` and the
+        scores of ``scorer`` (by default ``accuracy`` in percent and ``loss`` in nats, or ``mse_<steps>``),
         and the wall-clock seconds of the whole evaluation (episode construction and worker
         start-up included).
     """
@@ -112,11 +132,12 @@ def evaluate(
         rows: list[dict] = []
         # Worker start-up (importing torch, copying the learner) costs seconds, so processes are
         # used only for learners whose episodes are slow enough to repay them.
-        parallel = workers > 1 and device.type == "cpu" and type(learner).TEST_IN_WORKERS and count >= 4 * workers
+        heavy = type(learner).TEST_IN_WORKERS if heavy is None else heavy
+        parallel = workers > 1 and device.type == "cpu" and heavy and count >= 4 * workers
         rest = range(count)
         if not parallel:
             for i in rest:
-                rows += score(learner, sampler, range(i, i + 1))
+                rows += score(learner, sampler, range(i, i + 1), scorer)
                 bar.update(1)
         else:
             threads = max(1, torch.get_num_threads() // workers)
@@ -124,9 +145,9 @@ def evaluate(
             pieces = [range(s, min(count, s + chunk)) for s in range(rest.start, count, chunk)]
             context = multiprocessing.get_context("spawn")  # fork is unsafe after torch started threads
             with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                     initargs=(pickle.dumps((learner, sampler)), threads)) as pool:
-                for part in pool.map(_score_in_worker, pieces):
+                                     initargs=(pickle.dumps((learner, sampler, scorer)), threads)) as pool:
+                for done, part in pool.map(_score_in_worker, pieces):
                     rows += part
-                    bar.update(len(part))
+                    bar.update(done)
     synchronize(device)
     return rows, time.perf_counter() - start

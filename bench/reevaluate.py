@@ -36,19 +36,15 @@ from metabench.config import RunConfig, resolve
 from metabench.datasets import DATASETS
 from metabench.environment import environment
 from metabench.errors import ConfigError
-from metabench.evaluation import REGRESSION_STEPS, default_workers, evaluate
+from metabench.evaluation import default_workers
 from metabench.outdir import check_writable, write_atomically
+from metabench.protocols import protocol_class, protocol_for, standard
 from metabench.rundata import data_for
-from metabench.runner import (
-    resolve_device,
-    summarize,
-    summarize_regression,
-    summary_markdown,
-)
+from metabench.runner import resolve_device, summary_markdown
 
 #: Settings ``metabench evaluate`` may change (all others come from the run).
 CHANGEABLE = ("test_dataset", "test_split", "ways", "shots", "queries", "test_episodes", "episode_seed", "learners",
-              "device", "data_root", "download", "workers")
+              "device", "data_root", "download", "workers", "protocol", "protocol_settings")
 
 
 def load_learner(path: Path, device: torch.device | str = "cpu", ways: int | None = None) -> MetaLearner:
@@ -109,10 +105,17 @@ def evaluate_config(run_dir: Path, changes: Mapping[str, Any]) -> tuple[RunConfi
     if unknown:
         raise ConfigError(f"metabench evaluate cannot change {', '.join(unknown)}: only {', '.join(CHANGEABLE)}")
     keep = ("dataset", "split", "test_dataset", "test_split", "ways", "shots", "queries", "learners", "test_episodes",
-            "episode_seed", "seeds", "device", "data_root", "image_size", "hparams", "workers")
+            "episode_seed", "seeds", "device", "data_root", "image_size", "hparams", "workers", "protocol",
+            "protocol_settings")
     values = {k: original[k] for k in keep if k in original and original[k] is not None}
     if "test_dataset" in changes and "test_split" not in changes:
         values.pop("test_split", None)  # the new test dataset's default split
+    kind = DATASETS[original["dataset"]].kind if original.get("dataset") in DATASETS else "classification"
+    if changes.get("protocol") not in (None, original.get("protocol", standard(kind))):
+        values.pop("protocol_settings", None)  # another protocol: its own defaults unless given
+        if changes.get("test_episodes") is None:
+            cls = protocol_class(changes["protocol"], kind)
+            values["test_episodes"] = cls.DEFAULT_EPISODES or values.get("test_episodes", 600)
     values.update({k: v for k, v in changes.items() if v is not None})
     values.update(budget="smoke", iterations=1, val_episodes=0, curve_points=0)  # nothing trains
     return resolve(values), original
@@ -161,6 +164,9 @@ def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True, 
                           "with the N they were trained for, or a run of learners without an N-way layer")
     config = dataclasses.replace(config, learners=learners, skipped=skipped)
     data = data_for(config)
+    protocol = protocol_for(config)
+    protocol.check(config, data)
+    material = protocol.material(config, data)
     workers = config.workers or default_workers(device)
     source_meta = json.loads((run_dir / "run.json").read_text())
     source_summary = pd.read_csv(run_dir / "summary.csv") if (run_dir / "summary.csv").is_file() else None
@@ -170,7 +176,7 @@ def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True, 
             path = files[(name, seed)]
             learner = loaded[(name, seed)]
             label = f"test  {name} seed {seed}" if progress else None
-            rows, test_s = evaluate(learner, data.test, config.test_episodes, label, workers=workers)
+            rows, test_s = protocol.score(learner, material, label, workers)
             episode_rows += [{"seed": seed, "learner": name, **r} for r in rows]
             train_s, trained = float("nan"), learner.iteration
             if source_summary is not None and name in set(source_summary["learner"]):
@@ -181,16 +187,14 @@ def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True, 
                                 "test_episodes": config.test_episodes})
             weights[f"{name}-seed{seed}"] = _sha256(path)
             if progress:
-                key = f"mse_{REGRESSION_STEPS[-1]}" if kind == "regression" else "accuracy"
-                tqdm.write(f"{name} seed {seed}: {key} {pd.DataFrame(rows)[key].mean():.3f}")
+                tqdm.write(f"{name} seed {seed}: {protocol.note(pd.DataFrame(rows))}")
     episodes, timings = pd.DataFrame(episode_rows), pd.DataFrame(timing_rows)
-    summary = (summarize_regression if kind == "regression" else summarize)(episodes, timings, learners)
+    summary = protocol.summarize(episodes, timings, learners)
     env = environment(device)
-    test_ids = [data.test.index(i) for i in range(config.test_episodes)]
     meta = {
         "metabench": __version__,
-        "fingerprint": data.fingerprint(test_ids),
-        "test_pool": f"{config.test_dataset}/{config.test_split}/test",
+        "fingerprint": material.fingerprint,
+        "test_pool": material.pool,
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - wall_start,
@@ -211,7 +215,8 @@ def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True, 
         (folder / "environment.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
         episodes.to_csv(folder / "episodes.csv", index=False)
         summary.to_csv(folder / "summary.csv", index=False)
-        text = summary_markdown(dataclasses.replace(config, budget=str(original.get("budget"))), summary, meta, env)
+        text = summary_markdown(dataclasses.replace(config, budget=str(original.get("budget"))), summary, meta, env,
+                                protocol)
         (folder / "summary.md").write_text(text + f"\nRe-tested from the weights kept in `{run_dir}` (no training).\n")
         (folder / "run.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
 

@@ -36,7 +36,8 @@ import pandas as pd
 from metabench import __version__
 from metabench import published as pub
 from metabench.errors import ReportError
-from metabench.results import AccuracyRun, Setting, TimingRun, read_inputs
+from metabench.protocols import protocol_class
+from metabench.results import AccuracyRun, ProtocolRun, Setting, TimingRun, read_inputs
 from metabench.statistics import (
     accuracy_summary,
     pairwise_comparisons,
@@ -653,8 +654,10 @@ METHODS = (
 
 
 def render(results: Sequence[SettingResult], timing: pd.DataFrame, timings: Sequence[TimingRun], folder: Path,
-           inputs: Sequence[str]) -> dict[str, Any]:
-    """Write every table, figure, ``index.md`` and ``report.json`` into ``folder``.
+           inputs: Sequence[str], others: Sequence[ProtocolRun] = ()) -> dict[str, Any]:
+    """Write every table, figure, ``index.md`` and ``report.json`` into ``folder``; runs of
+    evaluation protocols other than the episodic one (``others``) get their protocol's section
+    (:meth:`metabench.protocols.EvaluationProtocol.report`).
 
     Returns:
         The ``report.json`` content.
@@ -666,7 +669,9 @@ def render(results: Sequence[SettingResult], timing: pd.DataFrame, timings: Sequ
     tables.mkdir(parents=True)
     figs.mkdir(parents=True)
     published = pub.load_published()
-    md: list[str] = ["# metabench report", "", "Inputs:", "", *_inputs_markdown(results, timings), ""]
+    md: list[str] = ["# metabench report", "", "Inputs:", "", *_inputs_markdown(results, timings),
+                     *(f"- `{r.path}`: {r.protocol} protocol, {r.config.get('test_episodes')} episodes, fingerprint "
+                       f"`{str(r.meta.get('fingerprint'))[:16]}`" for r in others), ""]
     written: list[str] = []
 
     def put(name: str, text: str) -> None:
@@ -741,6 +746,10 @@ def render(results: Sequence[SettingResult], timing: pd.DataFrame, timings: Sequ
                "Files: [LaTeX](tables/timing.tex), [CSV](tables/timing.csv).", ""]
         for name in ("time_vs_inner_steps", "time_vs_meta_batch", "memory_vs_inner_steps", "cpu_vs_gpu", "peers"):
             md += figure_md(name)
+    if others:
+        output = ProtocolOutput(folder, put, csv, counter, table_no, figures_done)
+        for name, group in _by_protocol(others).items():
+            md += protocol_class(name, "classification")().report(group, output)
     skipped = {n: f.skipped for n, f in figures_done.items() if f.skipped}
     if skipped:
         md += ["## Figures not drawn", ""] + [f"- `{n}`: {why}." for n, why in skipped.items()] + [""]
@@ -771,8 +780,46 @@ def render(results: Sequence[SettingResult], timing: pd.DataFrame, timings: Sequ
         "figure_rows": {n: f.rows for n, f in figures_done.items() if f.files},
         "skipped_figures": skipped,
     }
+    if others:
+        meta["protocol_runs"] = [{"run": str(r.path), "protocol": r.protocol, "fingerprint": r.meta.get("fingerprint")}
+                                 for r in others]
     (folder / "report.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+class ProtocolOutput:
+    """What a protocol's report section writes with: tables (Markdown, LaTeX, CSV) and figures
+    (PNG, PDF) into the report folder, numbered with the rest of ``index.md``."""
+
+    def __init__(self, folder: Path, put, csv, figure_no, table_no, figures: dict) -> None:
+        self.folder, self._put, self._csv = folder, put, csv
+        self._figure_no, self._table_no, self._figures = figure_no, table_no, figures
+
+    def table(self, stem: str, table: Any, frame: pd.DataFrame) -> list[str]:
+        """Write ``tables/<stem>.{md,tex,csv}`` (the CSV from ``frame``, full precision) and
+        return the ``index.md`` lines showing the table."""
+        self._put(f"{stem}.md", to_markdown(table))
+        self._put(f"{stem}.tex", to_latex(table))
+        self._csv(f"{stem}.csv", frame)
+        return [to_markdown(table, caption=False), "", f"*Table {next(self._table_no)}.* {table.caption}", "",
+                f"Files: [LaTeX](tables/{stem}.tex), [CSV](tables/{stem}.csv).", ""]
+
+    def figure(self, stem: str, draw, caption: str) -> list[str]:
+        """Draw ``draw()`` into ``figures/<stem>.{png,pdf}`` and return its ``index.md`` lines."""
+        from metabench import style
+
+        with style.styled():
+            paths = style.save(draw(), self.folder / "figures", stem)
+        files = [str(p.relative_to(self.folder)) for p in paths]
+        self._figures[stem] = FigureResult(stem, caption, files=files)
+        return [f"![{stem}]({files[0]})", "", f"*Figure {next(self._figure_no)}.* {caption} ([PDF]({files[1]}))", ""]
+
+
+def _by_protocol(runs: Sequence[ProtocolRun]) -> dict[str, list[ProtocolRun]]:
+    groups: dict[str, list[ProtocolRun]] = {}
+    for r in runs:
+        groups.setdefault(r.protocol, []).append(r)
+    return groups
 
 
 def default_out() -> Path:
@@ -806,13 +853,13 @@ def report(paths: Sequence[str | Path], out: Path | None = None, force: bool = F
             raise ReportError(f"{out} exists and is not a metabench report (no report.json): --force only replaces a "
                               "report; choose another --out")
     check_writable(out, "report folder", replace=force)
-    runs, timings = read_inputs(paths)
+    runs, timings, others = read_inputs(paths)
     target = out.resolve()
     for p in paths:
         if Path(p).resolve() == target or target in Path(p).resolve().parents:
             raise ReportError(f"--out {out} would replace the input {p}: choose another --out")
     results = combine_runs(runs)
     timing = combine_timings(timings)
-    write_atomically(out, lambda folder: render(results, timing, timings, folder, [str(p) for p in paths]),
+    write_atomically(out, lambda folder: render(results, timing, timings, folder, [str(p) for p in paths], others),
                      "report folder", replace=force)
     return out

@@ -251,14 +251,57 @@ def read_timing(path: Path) -> TimingRun:
     return TimingRun(path, table, env)
 
 
-def read_inputs(paths: Sequence[str | Path]) -> tuple[list[AccuracyRun], list[TimingRun]]:
+@dataclass(frozen=True)
+class ProtocolRun:
+    """A run directory of an evaluation protocol other than the standard episodic one
+    (``config.json`` names it in ``protocol``), which the protocol's own report section renders.
+
+    Attributes:
+        path: the run directory.
+        protocol: its ``protocol`` (e.g. ``"active"``).
+        config: ``config.json``; meta: ``run.json``.
+        summary: ``summary.csv`` (the protocol's columns).
+        episodes: ``episodes.csv`` (the protocol's rows).
+    """
+
+    path: Path
+    protocol: str
+    config: dict[str, Any]
+    meta: dict[str, Any]
+    summary: pd.DataFrame
+    episodes: pd.DataFrame
+
+
+#: Protocols whose runs are read as :class:`AccuracyRun` (the rest as :class:`ProtocolRun`).
+STANDARD_PROTOCOLS = ("episodic", "regression")
+
+
+def read_protocol_run(path: Path) -> ProtocolRun:
+    """Read a run directory of a non-standard protocol.
+
+    Raises:
+        ReportError: missing or malformed files.
+    """
+    config = _read_json(path / "config.json")
+    if not (path / "summary.csv").is_file():
+        raise ReportError(f"{path} has no summary.csv: rerun `metabench run` or `metabench evaluate` for it")
+    try:
+        summary = pd.read_csv(path / "summary.csv")
+        episodes = pd.read_csv(path / "episodes.csv")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path} has an unreadable CSV ({exc}): rerun the command that wrote it") from None
+    return ProtocolRun(path, str(config["protocol"]), config, _read_json(path / "run.json"), summary, episodes)
+
+
+def read_inputs(paths: Sequence[str | Path]) -> tuple[list[AccuracyRun], list[TimingRun], list[ProtocolRun]]:
     """Read every folder given to ``metabench report``, each as a run or a timing directory.
 
     Args:
         paths: folders, in the order given (the order of columns and inputs in the report).
 
     Returns:
-        ``(runs, timings)`` in the order given.
+        ``(runs, timings, protocol_runs)`` in the order given: standard accuracy runs, timing
+        directories, and runs of other evaluation protocols (:class:`ProtocolRun`).
 
     Raises:
         ReportError: no folder given, a folder given twice, or any folder unusable (see
@@ -268,15 +311,17 @@ def read_inputs(paths: Sequence[str | Path]) -> tuple[list[AccuracyRun], list[Ti
         raise ReportError("no run directories given: pass one or more folders written by `metabench run` or "
                           "`metabench time`")
     seen: dict[Path, str] = {}
-    runs, timings = [], []
+    runs, timings, others = [], [], []
     for raw in paths:
         path = Path(raw)
         key = path.resolve()
         if key in seen:
             raise ReportError(f"{raw} is given twice (also as {seen[key]}): pass each folder once")
         seen[key] = str(raw)
-        if kind_of(path) == "run":
-            runs.append(read_run(path))
-        else:
+        if kind_of(path) != "run":
             timings.append(read_timing(path))
-    return runs, timings
+        elif _read_json(path / "config.json").get("protocol", "episodic") not in STANDARD_PROTOCOLS:
+            others.append(read_protocol_run(path))
+        else:
+            runs.append(read_run(path))
+    return runs, timings, others

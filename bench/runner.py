@@ -35,7 +35,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -46,10 +45,10 @@ from metabench.config import RunConfig
 from metabench.datasets import DATASETS
 from metabench.environment import cpu_name, environment, git_commit
 from metabench.errors import ConfigError, MetabenchError
-from metabench.evaluation import REGRESSION_STEPS, default_workers, evaluate
+from metabench.evaluation import default_workers
 from metabench.outdir import check_writable, write_atomically
+from metabench.protocols import EvaluationProtocol, Material, protocol_for
 from metabench.rundata import RunData, data_for
-from metabench.statistics import mean_ci95
 from metabench.training import Checkpointer, Validation, train
 
 
@@ -83,123 +82,6 @@ def default_out(config: RunConfig) -> Path:
 
 
 
-def summarize(episodes: pd.DataFrame, timings: pd.DataFrame, learners: tuple[str, ...]) -> pd.DataFrame:
-    """Per-learner summary: mean accuracy with its 95% CI over test episodes, and timings.
-
-    With several seeds, every seed is tested on the same episodes, so the seeds' accuracies are
-    first averaged per episode and the CI is taken over the ``n`` episodes (pooling seeds x
-    episodes as independent samples would shrink the interval by about sqrt(seeds)); the spread
-    across seeds is reported separately as the standard deviation of the per-seed means.
-
-    Args:
-        episodes: rows ``seed, learner, episode, accuracy, loss`` (accuracy in percent).
-        timings: rows ``seed, learner, meta_iterations, meta_train_seconds, test_seconds, test_episodes``.
-        learners: the learners in table order.
-
-    Returns:
-        One row per learner: ``learner, name, accuracy_pct, ci95_pct, episodes, seeds,
-        seed_std_pct`` (NaN for one seed), ``meta_iterations, meta_train_s`` (mean over seeds),
-        ``test_ms_per_episode``.
-    """
-    rows = []
-    for name in learners:
-        mine = episodes[episodes["learner"] == name]
-        per_episode = mine.groupby("episode")["accuracy"].mean()
-        per_seed = mine.groupby("seed")["accuracy"].mean()
-        t = timings[timings["learner"] == name]
-        mean, ci = mean_ci95(per_episode)
-        rows.append({
-            "learner": name,
-            "name": LEARNERS[name].title,
-            "accuracy_pct": mean,
-            "ci95_pct": ci,
-            "episodes": int(per_episode.size),
-            "seeds": int(per_seed.size),
-            "seed_std_pct": float(per_seed.std(ddof=1)) if per_seed.size > 1 else float("nan"),
-            "meta_iterations": int(t["meta_iterations"].iloc[0]),
-            "meta_train_s": float(t["meta_train_seconds"].mean()),
-            "test_ms_per_episode": float(1000 * t["test_seconds"].sum() / t["test_episodes"].sum()),
-        })
-    return pd.DataFrame(rows)
-
-
-def summarize_regression(episodes: pd.DataFrame, timings: pd.DataFrame, learners: tuple[str, ...]) -> pd.DataFrame:
-    """Per-learner summary of a regression run: the mean query MSE after each number of
-    test-time steps with its 95% CI over test tasks, and timings.
-
-    Seeds are averaged per task first, as in :func:`summarize`.
-
-    Args:
-        episodes: rows ``seed, learner, episode, mse_<s>`` for ``s`` in
-            :data:`~metabench.evaluation.REGRESSION_STEPS` (squared units of y).
-        timings: as for :func:`summarize`.
-        learners: the learners in table order.
-
-    Returns:
-        One row per learner: ``learner, name``, then for every ``s``: ``mse_<s>, ci95_<s>``
-        (NaN when a task's MSE is not finite), ``median_<s>`` over the tasks and
-        ``diverged_<s>``, the number of tasks whose MSE is not finite (fine-tuning diverged);
-        then ``episodes, seeds, seed_std_<last s>`` (NaN for one seed), ``meta_iterations,
-        meta_train_s, test_ms_per_episode``.
-    """
-    rows = []
-    last = REGRESSION_STEPS[-1]
-    for name in learners:
-        mine = episodes[episodes["learner"] == name]
-        t = timings[timings["learner"] == name]
-        row = {"learner": name, "name": LEARNERS[name].title}
-        for steps in REGRESSION_STEPS:
-            per_task = mine.groupby("episode")[f"mse_{steps}"].mean()
-            row[f"mse_{steps}"], row[f"ci95_{steps}"] = mean_ci95(per_task)
-            row[f"median_{steps}"] = float(per_task.fillna(np.inf).median())  # a diverged task counts as worst
-            row[f"diverged_{steps}"] = int((~np.isfinite(per_task)).sum())
-        per_seed = mine.groupby("seed")[f"mse_{last}"].mean()
-        row.update({
-            "episodes": int(mine["episode"].nunique()),
-            "seeds": int(per_seed.size),
-            f"seed_std_{last}": float(per_seed.std(ddof=1)) if per_seed.size > 1 else float("nan"),
-            "meta_iterations": int(t["meta_iterations"].iloc[0]),
-            "meta_train_s": float(t["meta_train_seconds"].mean()),
-            "test_ms_per_episode": float(1000 * t["test_seconds"].sum() / t["test_episodes"].sum()),
-        })
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def regression_markdown_table(summary: pd.DataFrame) -> str:
-    """A regression summary as a Markdown table (query MSE as ``mean ± CI`` after each number of
-    test-time gradient steps; "diverged on n of N tasks" where a task's MSE is not finite, since
-    a mean with one overflow says nothing about the others)."""
-    steps = [f"{s} step{'s' if s != 1 else ''}" for s in REGRESSION_STEPS]
-    lines = [
-        "| Learner | " + " | ".join(f"MSE, {s}" for s in steps) + " | Meta-iterations | Meta-train time (s) |",
-        "|---|" + "---:|" * len(steps) + "---:|---:|",
-    ]
-    def cell(r: dict, s: int) -> str:
-        if r[f"diverged_{s}"]:
-            return f"diverged on {r[f'diverged_{s}']} of {r['episodes']} tasks"
-        return f"{r[f'mse_{s}']:.3g} ± {r[f'ci95_{s}']:.2g}" if r[f"mse_{s}"] >= 1000 else f"{r[f'mse_{s}']:.3f} ± {r[f'ci95_{s}']:.3f}"
-
-    for r in summary.to_dict("records"):
-        cells = " | ".join(cell(r, s) for s in REGRESSION_STEPS)
-        lines.append(f"| {r['name']} | {cells} | {r['meta_iterations']} | {r['meta_train_s']:.1f} |")
-    return "\n".join(lines)
-
-
-def markdown_table(summary: pd.DataFrame) -> str:
-    """The summary as a Markdown table (accuracy as ``mean ± CI`` in percent)."""
-    lines = [
-        "| Learner | Accuracy (%) | Meta-iterations | Meta-train time (s) | Test time / episode (ms) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for r in summary.itertuples():
-        lines.append(
-            f"| {r.name} | {r.accuracy_pct:.2f} ± {r.ci95_pct:.2f} | {r.meta_iterations} | "
-            f"{r.meta_train_s:.1f} | {r.test_ms_per_episode:.1f} |"
-        )
-    return "\n".join(lines)
-
-
 def stopping_text(training: dict[str, dict[str, Any]], kind: str) -> str:
     """A paragraph on how each learner x seed's training ended, for runs that stopped early or
     tested their best-validation weights (empty otherwise)."""
@@ -216,41 +98,25 @@ def stopping_text(training: dict[str, dict[str, Any]], kind: str) -> str:
             + "\n".join(f"- {line}" for line in lines)) if lines else ""
 
 
-def summary_markdown(config: RunConfig, summary: pd.DataFrame, meta: dict[str, Any], env: dict[str, Any]) -> str:
-    """``summary.md``: the table with the settings needed to read it."""
+def summary_markdown(config: RunConfig, summary: pd.DataFrame, meta: dict[str, Any], env: dict[str, Any],
+                     protocol: EvaluationProtocol) -> str:
+    """``summary.md``: the protocol's table with the settings needed to read it."""
     hardware = env["gpu"] or f"{env['cpu']} ({env['torch_threads']} threads)"
     common = (
         f"shared by all learners x {len(config.seeds)} seed(s), ± the 95% confidence interval "
-        f"1.96·s/√n over {'tasks' if DATASETS[config.dataset].kind == 'regression' else 'episodes'}. "
+        f"1.96·s/√n over {protocol.UNIT}s. "
         f"Budget `{config.budget}`, device {env['device']} ({hardware}), torch {env['torch']}. "
         f"Run wall time {meta['wall_seconds'] / 60:.1f} min. Episode fingerprint `{meta['fingerprint'][:16]}`."
     )
+    tuned = ""
+    for name, by_seed in meta.get("tuned", {}).items():
+        lrs = [format(r["test_lr"], "g") for r in by_seed if "test_lr" in r]
+        if lrs:
+            per_seed = " (per seed)" if len(lrs) > 1 else ""
+            tuned += f" {LEARNERS[name].title}: fine-tuning step size {', '.join(lrs)}{per_seed}, chosen on the validation tasks."
     skipped = "".join(f"\n\nNot run: {reason}." for reason in config.skipped.values())
     skipped += stopping_text(meta.get("training", {}), DATASETS[config.dataset].kind)
-    if DATASETS[config.dataset].kind == "regression":
-        tuned = ""
-        for name, by_seed in meta.get("tuned", {}).items():
-            lrs = [format(r["test_lr"], "g") for r in by_seed if "test_lr" in r]
-            if lrs:
-                per_seed = " (per seed)" if len(lrs) > 1 else ""
-                tuned += f" {LEARNERS[name].title}: fine-tuning step size {', '.join(lrs)}{per_seed}, chosen on the validation tasks."
-        return (
-            f"# {config.dataset} ({config.split}), K = {config.shots}\n\n"
-            f"{regression_markdown_table(summary)}\n\n"
-            f"Mean query MSE after 0, 1, 5 and 10 test-time gradient steps on the K = {config.shots} support "
-            f"points, over {config.test_episodes} test tasks ({config.queries} query points each) {common} A cell "
-            f"reads \"diverged\" where fine-tuning overflowed on some tasks (MSE not finite); summary.csv also "
-            f"has the median over tasks.{tuned}{skipped}\n"
-        )
-    where = f"{config.dataset} ({config.split} split)"
-    if (config.test_dataset, config.test_split) != (config.dataset, config.split):
-        where = f"{config.dataset} ({config.split} split) → {config.test_dataset} ({config.test_split} split)"
-    return (
-        f"# {where}, {config.ways}-way {config.shots}-shot\n\n"
-        f"{markdown_table(summary)}\n\n"
-        f"Mean accuracy over {config.test_episodes} test episodes ({config.queries} queries per class) "
-        f"{common}{skipped}\n"
-    )
+    return f"{protocol.markdown(config, summary, common)}{tuned}{skipped}\n"
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -340,7 +206,9 @@ def run(config: RunConfig, progress: bool = True) -> Path:
     if (config.patience or config.keep_best) and data.val is None:
         raise ConfigError(f"{config.dataset}/{config.split} has no validation classes, which early stopping and keep_best "
                           "need: use --budget quick or paper, or a split with validation classes")
-    test_ids = [data.test.index(i) for i in range(config.test_episodes)]
+    protocol = protocol_for(config)
+    protocol.check(config, data)
+    material = protocol.material(config, data)
     workers = config.workers or default_workers(device)
     note = (lambda text: tqdm.write(text)) if progress else (lambda text: None)
     validation = Validation(data.val, config.val_episodes, kind, workers) if data.val is not None else None
@@ -353,10 +221,11 @@ def run(config: RunConfig, progress: bool = True) -> Path:
             for stale in [*out.parent.glob(f".{out.name}.partial-*"), *work.glob("units/*/.done.partial-*")]:
                 shutil.rmtree(stale, ignore_errors=True)  # left by a process killed while publishing
             results = [
-                _train_and_test(config, name, seed, data, shapes[name], validation, work, device, workers, progress, note)
+                _train_and_test(config, name, seed, data, shapes[name], validation, protocol, material, work, device,
+                                workers, progress, note)
                 for seed in config.seeds for name in config.learners
             ]
-            _publish(config, out, work, results, data, test_ids, kind, iterations, workers, device, plans,
+            _publish(config, out, work, results, protocol, material, kind, iterations, workers, device, plans,
                      started, wall_start)
     except KeyboardInterrupt:
         raise RunInterrupted(work) from None
@@ -383,7 +252,8 @@ class _UnitResult:
 
 
 def _train_and_test(config: RunConfig, name: str, seed: int, data: RunData, shape, validation: Validation | None,
-                    work: Path, device: torch.device, workers: int, progress: bool, note) -> _UnitResult:
+                    protocol: EvaluationProtocol, material: Material, work: Path, device: torch.device, workers: int,
+                    progress: bool, note) -> _UnitResult:
     """Train and test one learner x seed in ``work/units/<learner>-seed<k>/`` (resuming its
     checkpoint), or read it back if it is done already."""
     unit = work / "units" / _unit_name(name, seed)
@@ -402,8 +272,7 @@ def _train_and_test(config: RunConfig, name: str, seed: int, data: RunData, shap
         tunes = type(learner).finish_training is not MetaLearner.finish_training
         val_episodes = [ep.to(device) for ep in data.val.episodes(0, config.val_episodes)] if tunes and data.val else []
         chosen = learner.finish_training(val_episodes)
-        rows, test_s = evaluate(learner, data.test, config.test_episodes, f"test  {label}" if label else None,
-                                workers=workers)
+        rows, test_s = protocol.score(learner, material, f"test  {label}" if label else None, workers)
         info = {
             "seed": seed, "learner": name, "meta_iterations": trained.iterations,
             "max_iterations": config.iterations[name], "meta_train_seconds": trained.seconds,
@@ -424,7 +293,7 @@ def _train_and_test(config: RunConfig, name: str, seed: int, data: RunData, shap
         for stale in (checkpointer.last, checkpointer.previous):
             stale.unlink(missing_ok=True)
         result = _read_unit(done, name, seed)
-        _note_result(note, result, kind)
+        _note_result(note, result, protocol)
         return result
     result = _read_unit(done, name, seed)
     note(f"{name} seed {seed}: finished before, results kept from {done}")
@@ -436,18 +305,14 @@ def _read_unit(done: Path, name: str, seed: int) -> _UnitResult:
                        json.loads((done / "result.json").read_text()), done / "weights.safetensors")
 
 
-def _note_result(note, result: _UnitResult, kind: str) -> None:
+def _note_result(note, result: _UnitResult, protocol: EvaluationProtocol) -> None:
     info = result.info
     how = f"{info['meta_iterations']} meta-iterations ({info['meta_train_seconds']:.0f} s; {info['stop_reason']})"
-    if kind == "regression":
-        last = REGRESSION_STEPS[-1]
-        note(f"{result.name} seed {result.seed}: MSE {result.episodes[f'mse_{last}'].mean():.3f} after {last} steps, {how}")
-    else:
-        note(f"{result.name} seed {result.seed}: {result.episodes['accuracy'].mean():.2f}% after {how}")
+    note(f"{result.name} seed {result.seed}: {protocol.note(result.episodes)}; {how}")
 
 
-def _publish(config: RunConfig, out: Path, work: Path, results: list[_UnitResult], data: RunData, test_ids: list,
-             kind: str, iterations: dict[str, int], workers: int, device: torch.device, plans: dict,
+def _publish(config: RunConfig, out: Path, work: Path, results: list[_UnitResult], protocol: EvaluationProtocol,
+             material: Material, kind: str, iterations: dict[str, int], workers: int, device: torch.device, plans: dict,
              started: datetime, wall_start: float) -> None:
     """Write the run directory ``out`` atomically from the finished learners in ``work``."""
     state = workdir.read_state(work)
@@ -455,7 +320,7 @@ def _publish(config: RunConfig, out: Path, work: Path, results: list[_UnitResult
     curves = pd.concat([r.curve for r in results], ignore_index=True)
     timings = pd.DataFrame([{k: r.info[k] for k in ("seed", "learner", "meta_iterations", "meta_train_seconds",
                                                       "test_seconds", "test_episodes")} for r in results])
-    summary = (summarize_regression if kind == "regression" else summarize)(episodes, timings, config.learners)
+    summary = protocol.summarize(episodes, timings, config.learners)
     tuned: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         if r.info["tuned"]:
@@ -469,8 +334,8 @@ def _publish(config: RunConfig, out: Path, work: Path, results: list[_UnitResult
     env = environment(device)
     meta = {
         "metabench": __version__,
-        "fingerprint": data.fingerprint(test_ids),
-        "test_pool": f"{config.test_dataset}/{config.test_split}/test",
+        "fingerprint": material.fingerprint,
+        "test_pool": material.pool,
         "started_at": state.get("started_at", started.isoformat(timespec="seconds")),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - wall_start,
@@ -489,7 +354,7 @@ def _publish(config: RunConfig, out: Path, work: Path, results: list[_UnitResult
         episodes.to_csv(folder / "episodes.csv", index=False)
         curves.to_csv(folder / "curves.csv", index=False)
         summary.to_csv(folder / "summary.csv", index=False)
-        (folder / "summary.md").write_text(summary_markdown(config, summary, meta, env))
+        (folder / "summary.md").write_text(summary_markdown(config, summary, meta, env, protocol))
         _write_json(folder / "run.json", meta)
         (folder / "weights").mkdir()
         for r in results:

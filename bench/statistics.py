@@ -223,7 +223,7 @@ def per_episode_means(episodes: pd.DataFrame, value: str = "accuracy") -> pd.Dat
 def accuracy_summary(episodes: pd.DataFrame) -> pd.DataFrame:
     """Mean accuracy per learner with its 95% CI over episodes and the spread across seeds.
 
-    The same numbers as a run's ``summary.csv`` (``metabench.runner.summarize``): seeds are
+    The same numbers as a run's ``summary.csv`` (``metabench.protocols.episodic.summarize_accuracy`` builds on it): seeds are
     averaged per episode, the interval is taken over the ``n`` episodes, and the spread across
     seeds is the sample standard deviation of the per-seed mean accuracies.
 

@@ -1,7 +1,7 @@
 """Tables rendered as Markdown and as LaTeX (booktabs).
 
 A :class:`Table` holds cells as plain text (Unicode ``±``, ``†``, ``—``, ``·``, ``√``, ``α``,
-``×``, ``≤``, ``−`` allowed) with a bold flag; :func:`to_markdown` and :func:`to_latex` render it.
+``×``, ``≤``, ``−``, ``ε`` allowed) with a bold flag; :func:`to_markdown` and :func:`to_latex` render it.
 LaTeX output needs only ``\\usepackage{booktabs}`` in the preamble (symbols are written in math
 mode, which base LaTeX provides). CSV versions are written from the data frames the tables are
 built from, with full precision, not from the rounded cells.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 #: Unicode symbols used in cells and captions, and their LaTeX forms (math mode or text commands).
 LATEX_SYMBOLS = {
     "±": r"$\pm$", "†": r"$^{\dagger}$", "—": "---", "–": "--", "·": r"$\cdot$", "√": r"$\surd$",
-    "α": r"$\alpha$", "Δ": r"$\Delta$", "×": r"$\times$", "≤": r"$\le$", "≥": r"$\ge$", "−": "$-$", "≈": r"$\approx$",
+    "α": r"$\alpha$", "ε": r"$\varepsilon$", "Δ": r"$\Delta$", "×": r"$\times$", "≤": r"$\le$", "≥": r"$\ge$", "−": "$-$", "≈": r"$\approx$",
     "…": r"\ldots{}", "\u00a0": "~",
 }
 _LATEX_SPECIALS = {

@@ -15,6 +15,7 @@ import pytest
 from metabench import cli, runner
 from metabench.config import learners_for
 from metabench.datasets import omniglot
+from metabench.protocols import episodic
 
 LEARNERS = learners_for("classification")
 RUN_FILES = {"config.json", "environment.json", "episodes.csv", "curves.csv", "summary.csv", "summary.md", "run.json",
@@ -33,7 +34,7 @@ def assert_nothing_written(parent: Path) -> None:
 @pytest.mark.slow
 def test_smoke_run_writes_every_output(tmp_path: Path, data_root: Path, capsys, monkeypatch) -> None:
     seen: dict[str, list[tuple]] = {}
-    real_evaluate = runner.evaluate
+    real_evaluate = episodic.evaluate  # the episodic protocol's scorer
 
     def spy(learner, sampler, count, desc=None, workers=1):
         if sampler.stream != "test":  # validation during training
@@ -49,7 +50,7 @@ def test_smoke_run_writes_every_output(tmp_path: Path, data_root: Path, capsys, 
         finally:
             learner.predict = original
 
-    monkeypatch.setattr(runner, "evaluate", spy)
+    monkeypatch.setattr(episodic, "evaluate", spy)
     out = tmp_path / "runs" / "smoke"
     assert run_cli("--budget", "smoke", "--test-episodes", "4", "--device", "cpu", "--data-root", str(data_root), "--out", str(out)) == 0
     printed = capsys.readouterr().out

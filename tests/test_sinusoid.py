@@ -157,7 +157,7 @@ def test_maml_learns_sinusoids_on_a_tiny_budget() -> None:
 def test_regression_summary_by_hand_and_diverged_tasks() -> None:
     """Means and CIs over tasks, medians with a diverged (NaN) task counted as the worst, and the
     table says "diverged" instead of printing a meaningless mean."""
-    from metabench.runner import regression_markdown_table, summarize_regression
+    from metabench.protocols.regression import regression_markdown_table, summarize_regression
 
     rows = []
     for learner, values in (("maml", [1.0, 2.0, 3.0, 6.0]), ("reptile", [1.0, 2.0, 3.0, float("nan")])):

@@ -1,0 +1,94 @@
+"""The evaluation-protocol seam: the standard protocols reproduce the committed runs exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metabench.algorithms import LEARNERS
+from metabench.config import resolve
+from metabench.environment import cpu_name
+from metabench.errors import ConfigError
+from metabench.protocols import protocol_class, protocol_for, registry, standard
+from metabench.reevaluate import evaluate_run
+from metabench.rundata import data_for
+
+REPO = Path(__file__).resolve().parents[1]
+#: Committed runs with kept weights, re-scored through the protocols: (run directory, episodes re-scored).
+COMMITTED = [("omniglot-vinyals-5w1s-quick", 8)]
+
+
+def committed_config(run: str, data_root: Path):
+    """The committed run's configuration as ``metabench run`` resolves it today."""
+    original = json.loads((REPO / "results" / run / "config.json").read_text())
+    keep = ("dataset", "split", "test_dataset", "test_split", "ways", "shots", "queries", "learners", "test_episodes",
+            "episode_seed", "image_size", "workers")
+    return resolve({**{k: original[k] for k in keep}, "data_root": str(data_root), "download": False}), original
+
+
+@pytest.mark.parametrize("run", [r for r, _ in COMMITTED])
+def test_protocols_rebuild_the_committed_fingerprints(run: str, data_root: Path) -> None:
+    config, original = committed_config(run, data_root)
+    protocol = protocol_for(config)
+    assert protocol.name == standard(original["kind"])
+    material = protocol.material(config, data_for(config))
+    meta = json.loads((REPO / "results" / run / "run.json").read_text())
+    assert material.count == original["test_episodes"] == 600
+    assert material.fingerprint == meta["fingerprint"]
+    assert material.pool == meta["test_pool"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("run", "count"), COMMITTED)
+def test_protocols_rescore_the_committed_episodes(run: str, count: int, data_root: Path, tmp_path: Path) -> None:
+    """The kept weights of a committed run, scored through its protocol, give the committed
+    per-episode results.
+
+    Accuracies (counts of correct queries) must be identical. Losses and MSEs must be bit for bit
+    identical on the CPU model that made the run, except for learners that fine-tune in worker
+    processes (``TEST_IN_WORKERS``: Reptile), whose float32 losses differ by rounding
+    (2.4e-7 nats at most, measured on the first 8 episodes; their accuracies are identical). On
+    another CPU model float32 rounding differs everywhere (other vector widths and summation
+    orders). Those are compared to 1e-5 relative, about 100 float32 ulps.
+    """
+    source = REPO / "results" / run
+    out = evaluate_run(source, tmp_path / "again", progress=False, test_episodes=count, data_root=str(data_root),
+                       download=False, device="cpu")
+    committed = pd.read_csv(source / "episodes.csv")
+    committed = committed[committed["episode"] < count].reset_index(drop=True)
+    again = pd.read_csv(out / "episodes.csv")
+    assert list(again.columns) == list(committed.columns)
+    assert again[["seed", "learner", "episode"]].equals(committed[["seed", "learner", "episode"]])
+    same_cpu = json.loads((source / "environment.json").read_text())["cpu"] == cpu_name()
+    values = [c for c in committed.columns if c not in ("seed", "learner", "episode")]
+    for name in dict.fromkeys(committed["learner"]):
+        mine = (committed["learner"] == name).to_numpy()
+        exact = same_cpu and not LEARNERS[name].TEST_IN_WORKERS
+        for column in values:
+            a, b = again.loc[mine, column].to_numpy(), committed.loc[mine, column].to_numpy()
+            if exact or column == "accuracy":
+                assert np.array_equal(a, b, equal_nan=True), (name, column)
+            else:
+                np.testing.assert_allclose(a, b, rtol=1e-5, err_msg=f"{name} {column}")
+
+
+def test_registry_and_kinds() -> None:
+    assert {"episodic", "regression"} <= set(registry())
+    assert standard("classification") == "episodic" and standard("regression") == "regression"
+    with pytest.raises(ConfigError, match="unknown protocol 'nope': use one of episodic, regression"):
+        protocol_class("nope", "classification")
+    with pytest.raises(ConfigError, match="protocol regression is not defined for classification datasets"):
+        protocol_class("regression", "classification")
+
+
+def test_config_records_the_protocol_and_its_settings() -> None:
+    config = resolve({"budget": "smoke"})
+    assert config.protocol == "episodic" and config.protocol_settings == {}
+    assert config.to_dict()["protocol"] == "episodic"
+    assert resolve({"dataset": "sinusoid", "budget": "smoke"}).protocol == "regression"
+    with pytest.raises(ConfigError, match="protocol episodic has no setting"):
+        resolve({"budget": "smoke", "protocol_settings": {"pool": 3}})
