@@ -12,7 +12,6 @@ files are, fetching and checking them (:mod:`metabench.data`). Errors are printe
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import signal
 import sys
 import threading
@@ -157,17 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Flags of the evaluation protocols' settings: flag destination -> settings field.
-PROTOCOL_FLAGS = {"pool": "pool", "pool_queries": "queries", "start_labels": "start", "round_size": "round_size",
-                  "label_budget": "budget", "strategies": "strategies", "epsilon": "epsilon",
-                  "target_accuracy": "target"}
+#: Flags of the evaluation protocols' settings: flag destination -> (protocol, settings field).
+PROTOCOL_FLAGS = {
+    "pool": ("active", "pool"), "pool_queries": ("active", "queries"), "start_labels": ("active", "start"),
+    "round_size": ("active", "round_size"), "label_budget": ("active", "budget"), "strategies": ("active", "strategies"),
+    "epsilon": ("active", "epsilon"), "target_accuracy": ("active", "target"), "items": ("interactive", "items"),
+    "rounds": ("interactive", "rounds"), "heldout_queries": ("interactive", "queries"),
+    "epsilons": ("interactive", "epsilons"), "confirm": ("interactive", "confirm"),
+}
 
 
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
     """``--protocol`` and the protocols' settings (see :mod:`metabench.protocols`)."""
     g = parser.add_argument_group("evaluation protocol", "how the trained learners are tested (see the README)")
-    g.add_argument("--protocol", help="episodic (image datasets' default), regression (sinusoid's default), or active: "
-                                      "active selection of support labels from an unlabelled pool")
+    g.add_argument("--protocol", help="episodic (image datasets' default), regression (sinusoid's default), active "
+                                      "(active selection of support labels from an unlabelled pool) or interactive (a "
+                                      "simulated person correcting the model round by round)")
     g.add_argument("--pool", type=int, help="active: P unlabelled pool images per class (default 10)")
     g.add_argument("--pool-queries", type=int, help="active: Q query images per class, scored every round (default 10)")
     g.add_argument("--start-labels", type=int, help="active: labels per class before the first round (default 1)")
@@ -177,6 +181,12 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
                                         "entropy, margin, least_confidence, kcenter)")
     g.add_argument("--epsilon", type=float, help="active: probability that the annotator gives a wrong label (default 0)")
     g.add_argument("--target-accuracy", type=float, help="active: accuracy (%%) for 'labels to reach' (default 95)")
+    g.add_argument("--items", type=int, help="interactive: stream items per round (default N)")
+    g.add_argument("--rounds", type=int, help="interactive: rounds per stream (default 8)")
+    g.add_argument("--heldout-queries", type=int, help="interactive: held-out query images per class (default 5)")
+    g.add_argument("--epsilons", help="interactive: comma-separated annotator error rates (default 0,0.1,0.2)")
+    g.add_argument("--confirm", action="store_true", default=None,
+                   help="interactive: the person also confirms right predictions (default: corrects errors only)")
 
 
 def protocol_values(args: argparse.Namespace, configured: str | None = None) -> dict[str, Any]:
@@ -186,21 +196,20 @@ def protocol_values(args: argparse.Namespace, configured: str | None = None) -> 
     Raises:
         ConfigError: a setting flag given without a protocol that has it.
     """
-    from metabench.protocols import registry
-
     values: dict[str, Any] = {}
     if args.protocol is not None:
         values["protocol"] = args.protocol
-    settings = {PROTOCOL_FLAGS[k]: getattr(args, k) for k in PROTOCOL_FLAGS if getattr(args, k) is not None}
+    protocol = args.protocol or configured
+    settings = {}
+    for flag, (owner, field) in PROTOCOL_FLAGS.items():
+        if getattr(args, flag) is None:
+            continue
+        if owner != protocol:
+            name = "--" + flag.replace("_", "-")
+            raise ConfigError(f"{name} is a setting of --protocol {owner} (this run's protocol is "
+                              f"{protocol or 'the standard one'}): add --protocol {owner} or drop {name}")
+        settings[field] = getattr(args, flag)
     if settings:
-        protocol = args.protocol or configured
-        owner = registry().get(protocol or "")
-        fields = set() if owner is None else {f.name for f in dataclasses.fields(owner.Settings)}
-        for flag, field in PROTOCOL_FLAGS.items():
-            if field in settings and field not in fields and getattr(args, flag) is not None:
-                name = "--" + flag.replace("_", "-")
-                raise ConfigError(f"{name} is a setting of --protocol active (this run's protocol is "
-                                  f"{protocol or 'the standard one'}): add --protocol active or drop {name}")
         values["protocol_settings"] = settings
     return values
 

@@ -809,9 +809,11 @@ class ProtocolOutput:
         from metabench import style
 
         with style.styled():
-            paths = style.save(draw(), self.folder / "figures", stem)
+            fig = draw()
+            paths = style.save(fig, self.folder / "figures", stem)
         files = [str(p.relative_to(self.folder)) for p in paths]
-        self._figures[stem] = FigureResult(stem, caption, files=files)
+        rows = fig.axes[0].get_subplotspec().get_gridspec().nrows if fig.axes else 0
+        self._figures[stem] = FigureResult(stem, caption, files=files, rows=rows)
         return [f"![{stem}]({files[0]})", "", f"*Figure {next(self._figure_no)}.* {caption} ([PDF]({files[1]}))", ""]
 
 

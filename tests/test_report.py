@@ -7,6 +7,7 @@ checked as PNG (Pillow: size, not blank) and PDF files; two renders must be byte
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -153,12 +154,17 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def committed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The committed quick run and timing directory, reported into a temporary folder."""
+    """The committed runs that `nox -s report` reports (``REPORT_INPUTS`` of noxfile.py), reported
+    into a temporary folder."""
     out = tmp_path_factory.mktemp("committed") / "report"
+    tree = ast.parse((REPO / "noxfile.py").read_text())
+    inputs = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                  and any(getattr(t, "id", None) == "REPORT_INPUTS" for t in node.targets))
+    assert str(QUICK.relative_to(REPO)) in inputs and str(TIMING.relative_to(REPO)) in inputs
     cwd = os.getcwd()
     os.chdir(REPO)  # the inputs as `nox -s report` names them (index.md lists them)
     try:
-        report.report([str(QUICK.relative_to(REPO)), str(TIMING.relative_to(REPO))], out)
+        report.report(inputs, out)
     finally:
         os.chdir(cwd)
     return out
@@ -328,11 +334,12 @@ def test_committed_report_numbers_match_the_run_summary(committed: Path) -> None
 def test_committed_report_figures(committed: Path) -> None:
     meta = json.loads((committed / "report.json").read_text())
     assert set(meta["figures"]) == {"accuracy", "episodes", "curves", "pareto", "time_vs_inner_steps",
-                                    "memory_vs_inner_steps", "peers"}
+                                    "memory_vs_inner_steps", "peers", "active-omniglot-vinyals-5w1s-quick-active"}
+    assert [r["protocol"] for r in meta["protocol_runs"]] == ["active"]
     assert set(meta["skipped_figures"]) == {"time_vs_meta_batch", "cpu_vs_gpu"}
     for name, rows in meta["figure_rows"].items():
-        assert rows == 1
-        png_ok(committed / "figures" / f"{name}.png", (1400, 660))
+        assert rows == (2 if name.startswith("active-") else 1)  # the active figure: 5 learners in 2 rows
+        png_ok(committed / "figures" / f"{name}.png", style.pixel_size(rows))
         pdf_ok(committed / "figures" / f"{name}.pdf")
 
 

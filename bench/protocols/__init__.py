@@ -18,6 +18,7 @@ Protocols (``--protocol``):
 ``regression``   K-shot sinusoid tasks, query MSE after 0, 1, 5, 10 steps (:mod:`.regression`;
                  the standard protocol of regression datasets)
 ``active``       active selection of support labels from an unlabelled pool (:mod:`.active`)
+``interactive``  a simulated person correcting the model round by round (:mod:`.interactive`)
 
 Each protocol has a frozen ``Settings`` dataclass (pool sizes, budgets, ...) whose defaults are
 stated and justified in its module; :func:`protocol_for` builds the protocol of a
@@ -156,9 +157,9 @@ def standard(kind: str) -> str:
 def registry() -> dict[str, type[EvaluationProtocol]]:
     """The protocols by ``--protocol`` name (imported here, not at module import, to keep the
     package import light and free of cycles)."""
-    from . import active, episodic, regression
+    from . import active, episodic, interactive, regression
 
-    return {cls.name: cls for cls in (episodic.Episodic, regression.Regression, active.Active)}
+    return {cls.name: cls for cls in (episodic.Episodic, regression.Regression, active.Active, interactive.Interactive)}
 
 
 def protocol_class(name: str, kind: str) -> type[EvaluationProtocol]:

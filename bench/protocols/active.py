@@ -420,13 +420,19 @@ class Active(EvaluationProtocol):
             ax.set_title(mine["name"].iloc[0])
             ax.set_xticks(counts)
             ax.set_ylim(top=100.5)
-        for ax in axes[len(learners):]:
-            ax.set_visible(False)
         for ax in axes[::cols]:
             ax.set_ylabel("query accuracy (%)")
-        for ax in axes[-cols:]:
+        for ax in axes[len(learners) - cols:len(learners)]:
             ax.set_xlabel("labels held")
-        axes[0].legend(fontsize="small", loc="lower right")
+            ax.xaxis.set_tick_params(labelbottom=True)
+        handles, labels = axes[0].get_legend_handles_labels()
+        spare = axes[len(learners):]
+        for ax in spare:
+            ax.axis("off")
+        if spare:  # the legend in the first empty panel, clear of the curves
+            spare[0].legend(handles, labels, title="strategy", loc="center")
+        else:
+            fig.legend(handles, labels, title="strategy", loc="outside lower center", ncols=min(6, len(labels)))
         return fig
 
     def report(self, runs: list[Any], out: Any) -> list[str]:
