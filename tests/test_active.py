@@ -174,3 +174,37 @@ def test_scorer_is_picklable() -> None:
     scorer = Active(ActiveSettings()).scorer(5)
     assert pickle.loads(pickle.dumps(scorer)) == scorer
     assert isinstance(scorer, ActiveScorer) and (scorer.round_size, scorer.budget) == (5, 20)
+
+
+def test_every_learner_sees_the_same_pools(data_root: Path) -> None:
+    """Two different learners are adapted on the same round-0 seed sets and, under random (which
+    ignores the learner), on the same labelled sets in every round."""
+    config = active_config(data_root, strategies="random,entropy")
+    protocol = protocol_for(config)
+    material = protocol.material(config, data_for(config))
+    scorer = protocol.scorer(config.ways)
+
+    class Shuffled(NearestMean):  # another learner: its logits permuted, so entropy picks differ
+        def predict(self, ep: Episode) -> torch.Tensor:
+            return super().predict(ep).roll(1, dims=1)
+
+    seen = []
+    for learner in (NearestMean(), Shuffled()):
+        for i in range(2):
+            scorer(learner, material.sampler.episode(i))
+        seen.append(learner.supports)
+    per_episode = 1 + 2 * 3
+    random_rounds = [s for e in range(2) for s in seen[0][e * per_episode:e * per_episode + 4]]
+    assert random_rounds == [s for e in range(2) for s in seen[1][e * per_episode:e * per_episode + 4]]
+
+
+def test_cross_domain_pools(data_root: Path) -> None:
+    config = resolve({"budget": "smoke", "protocol": "active", "test_dataset": "digits", "test_episodes": 2,
+                      "data_root": str(data_root), "download": False, "learners": "protonet"})
+    protocol = protocol_for(config)
+    data = data_for(config)
+    protocol.check(config, data)
+    material = protocol.material(config, data)
+    assert material.pool == "digits/all/test"
+    rows = protocol.scorer(config.ways)(NearestMean(), material.sampler.episode(0))
+    assert [r["labels"] for r in rows if r["strategy"] == "kcenter"] == [5, 10, 15, 20]

@@ -334,11 +334,14 @@ def test_committed_report_numbers_match_the_run_summary(committed: Path) -> None
 def test_committed_report_figures(committed: Path) -> None:
     meta = json.loads((committed / "report.json").read_text())
     assert set(meta["figures"]) == {"accuracy", "episodes", "curves", "pareto", "time_vs_inner_steps",
-                                    "memory_vs_inner_steps", "peers", "active-omniglot-vinyals-5w1s-quick-active"}
-    assert [r["protocol"] for r in meta["protocol_runs"]] == ["active"]
+                                    "memory_vs_inner_steps", "peers", "active-omniglot-vinyals-5w1s-quick-active",
+                                    "interactive-omniglot-vinyals-5w1s-quick-interactive",
+                                    "interactive-omniglot-vinyals-5w1s-quick-interactive-latency"}
+    assert [r["protocol"] for r in meta["protocol_runs"]] == ["active", "interactive"]
+    two_rows = {"active-omniglot-vinyals-5w1s-quick-active", "interactive-omniglot-vinyals-5w1s-quick-interactive"}
     assert set(meta["skipped_figures"]) == {"time_vs_meta_batch", "cpu_vs_gpu"}
     for name, rows in meta["figure_rows"].items():
-        assert rows == (2 if name.startswith("active-") else 1)  # the active figure: 5 learners in 2 rows
+        assert rows == (2 if name in two_rows else 1)  # active: 5 learners in 2 rows; interactive: accuracy, effort
         png_ok(committed / "figures" / f"{name}.png", style.pixel_size(rows))
         pdf_ok(committed / "figures" / f"{name}.pdf")
 

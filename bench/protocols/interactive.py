@@ -348,6 +348,25 @@ class Interactive(EvaluationProtocol):
         fig.legend(handles, labels, loc="outside lower center", ncols=min(5, len(labels)))
         return fig
 
+    def latency_figure(self, episodes: pd.DataFrame):
+        """Latency per learner (box: quartiles, whiskers: 5th to 95th percentile, over all rounds and
+        streams of every epsilon; log scale), call inside :func:`metabench.style.styled`."""
+        from metabench import style
+
+        learners = list(dict.fromkeys(episodes["learner"]))
+        colours = style.palette(learners)
+        fig, axes = style.new_figure(1, 1)
+        ax = axes[0]
+        data = [episodes.loc[episodes["learner"] == n, "latency_ms"].to_numpy() for n in learners]
+        parts = ax.boxplot(data, whis=(5, 95), showfliers=False, patch_artist=True, widths=0.6)
+        for patch, name in zip(parts["boxes"], learners):
+            patch.set_facecolor(colours[name])
+            patch.set_alpha(0.6)
+        ax.set_xticks(range(1, len(learners) + 1), ["\n".join(LEARNERS[n].title.rsplit(" ", 1)) for n in learners])
+        ax.set_yscale("log")
+        ax.set_ylabel("feedback to new predictions (ms)")
+        return fig
+
     def report(self, runs: list[Any], out: Any) -> list[str]:
         """The report's section for interactive runs: table (Markdown, LaTeX, CSV) and figure."""
         md = ["## Interactive feedback", ""]
@@ -360,6 +379,11 @@ class Interactive(EvaluationProtocol):
                              f"Accuracy the person sees (top) and the corrections made so far (bottom) against the "
                              f"round ({run.path.name}), per annotator error rate ε; means over "
                              f"{config.test_episodes} streams.")
+            md += out.figure(f"{stem}-latency", lambda episodes=run.episodes: self.latency_figure(episodes),
+                             f"Latency from the person's feedback to the updated model's predictions ({run.path.name}): "
+                             f"the learner's call (adaptation and one forward), over every round and stream; box: "
+                             f"quartiles, whiskers: 5th to 95th percentile; one thread per worker process, "
+                             f"{run.config.get('workers') or 'one per CPU thread'} worker processes.")
         return md
 
     def note(self, rows: pd.DataFrame) -> str:
