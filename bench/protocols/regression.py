@@ -15,11 +15,10 @@ import numpy as np
 import pandas as pd
 
 from metabench.algorithms import LEARNERS
-from metabench.evaluation import REGRESSION_STEPS, evaluate
+from metabench.evaluation import REGRESSION_STEPS
 from metabench.statistics import mean_ci95
 
-from . import EvaluationProtocol, Material
-from .episodic import test_material, timing_columns
+from .episodic import Episodic, timing_columns
 
 
 def summarize_regression(episodes: pd.DataFrame, timings: pd.DataFrame, learners: tuple[str, ...]) -> pd.DataFrame:
@@ -83,19 +82,14 @@ def regression_markdown_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-class Regression(EvaluationProtocol):
-    """K-shot regression tasks scored by query MSE (see the module docstring)."""
+class Regression(Episodic):
+    """K-shot regression tasks scored by query MSE (see the module docstring); the material and
+    the scoring are the episodic protocol's (the run's shared test tasks, :func:`evaluate`)."""
 
     name = "regression"
     title = "Regression test"
     KINDS: ClassVar[tuple[str, ...]] = ("regression",)
     UNIT = "task"
-
-    def material(self, config: Any, data: Any) -> Material:
-        return test_material(config, data)
-
-    def score(self, learner: Any, material: Material, desc: str | None, workers: int) -> tuple[list[dict], float]:
-        return evaluate(learner, material.sampler, material.count, desc, workers=workers)
 
     def summarize(self, episodes: pd.DataFrame, timings: pd.DataFrame, learners: tuple[str, ...]) -> pd.DataFrame:
         return summarize_regression(episodes, timings, learners)
