@@ -214,6 +214,16 @@ def protocol_values(args: argparse.Namespace, configured: str | None = None) -> 
     return values
 
 
+def run_protocol(run_dir: Any) -> str | None:
+    """The protocol a finished run directory was tested with (``None`` if it does not say)."""
+    import json
+
+    try:
+        return json.loads((run_dir / "config.json").read_text()).get("protocol")
+    except (OSError, ValueError):
+        return None  # evaluate_run reports the unusable directory
+
+
 def _ints(text: str, flag: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -307,7 +317,8 @@ def run_values(args: argparse.Namespace) -> dict[str, Any]:
             hparams.setdefault(learner, {}).update(items)
         values["hparams"] = hparams
     flags = protocol_values(args, values.get("protocol"))
-    if "protocol_settings" in flags and "protocol_settings" in values and "protocol" not in flags:
+    same = flags.get("protocol", values.get("protocol")) == values.get("protocol")
+    if "protocol_settings" in flags and isinstance(values.get("protocol_settings"), dict) and same:
         flags["protocol_settings"] = {**values["protocol_settings"], **flags["protocol_settings"]}
     values.update(flags)
     return values
@@ -337,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from metabench.reevaluate import CHANGEABLE, evaluate_run
 
             changes = {k: getattr(args, k) for k in CHANGEABLE if getattr(args, k, None) is not None}
-            changes.update(protocol_values(args))
+            changes.update(protocol_values(args, run_protocol(Path(args.run_dir))))
             out = evaluate_run(Path(args.run_dir), Path(args.out) if args.out else None, progress=not args.quiet, **changes)
             print((out / "summary.md").read_text())
             print(f"run directory: {out}")

@@ -8,6 +8,7 @@ that order of precedence, later wins) and is stored verbatim in the run director
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -170,7 +171,8 @@ class RunConfig:
         workers: processes for the test evaluation (0: one per torch CPU thread on CPU, one on
             CUDA; see :func:`metabench.evaluation.default_workers`).
         protocol: how the trained learners are tested (:mod:`metabench.protocols`): ``episodic``
-            or ``regression`` (the dataset kind's standard protocol, the default), ``active``.
+            or ``regression`` (the dataset kind's standard protocol, the default), ``active`` or
+            ``interactive``.
         protocol_settings: the protocol's settings, every field of its ``Settings`` (defaults
             filled in), e.g. ``{"pool": 10, "budget": 20, ...}`` for ``active``.
     """
@@ -214,7 +216,7 @@ class RunConfig:
         d["validate_every"] = dict(self.validate_every)
         d["skipped"] = dict(self.skipped)
         d["hparams"] = {k: dict(v) for k, v in self.hparams.items()}
-        d["protocol_settings"] = dict(self.protocol_settings)
+        d["protocol_settings"] = json.loads(json.dumps(dict(self.protocol_settings)))  # tuples as JSON lists
         return d
 
 

@@ -108,8 +108,8 @@ def evaluate(
         desc: progress-bar label; ``None`` hides the bar.
         workers: processes to spread the episodes over (CPU only; each gets
             ``max(1, torch threads // workers)`` threads and its own copy of the learner). They
-            are used only for learners whose class sets ``TEST_IN_WORKERS`` (slow test-time
-            adaptation) and at least ``4 * workers`` episodes: a decision that depends on nothing
+            are used only for ``heavy`` episodes (by default: learners whose class sets
+            ``TEST_IN_WORKERS``, slow test-time adaptation) and at least ``4 * workers`` episodes: a decision that depends on nothing
             but these, never on timings, so the same call scores the same way every time.
             Worker processes score with fewer threads, which changes float rounding (losses by
             about 1e-7) but not the computation.

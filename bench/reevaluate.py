@@ -115,7 +115,9 @@ def evaluate_config(run_dir: Path, changes: Mapping[str, Any]) -> tuple[RunConfi
         values.pop("protocol_settings", None)  # another protocol: its own defaults unless given
         if changes.get("test_episodes") is None:
             cls = protocol_class(changes["protocol"], kind)
-            values["test_episodes"] = cls.DEFAULT_EPISODES or values.get("test_episodes", 600)
+            values["test_episodes"] = cls.DEFAULT_EPISODES or RunConfig.test_episodes
+    elif isinstance(changes.get("protocol_settings"), Mapping):  # the same protocol: change only what is given
+        changes = {**changes, "protocol_settings": {**values.get("protocol_settings", {}), **changes["protocol_settings"]}}
     values.update({k: v for k, v in changes.items() if v is not None})
     values.update(budget="smoke", iterations=1, val_episodes=0, curve_points=0)  # nothing trains
     return resolve(values), original
@@ -142,7 +144,8 @@ def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True, 
     started = datetime.now(timezone.utc)
     wall_start = time.perf_counter()
     config, original = evaluate_config(run_dir, changes)
-    out = out or run_dir.with_name(f"{run_dir.name}-eval-{config.test_dataset}-{config.ways}w{config.shots}s")
+    suffix = "" if config.protocol == standard(DATASETS[config.dataset].kind) else f"-{config.protocol}"
+    out = out or run_dir.with_name(f"{run_dir.name}-eval-{config.test_dataset}-{config.ways}w{config.shots}s{suffix}")
     check_writable(out)
     kind = DATASETS[config.dataset].kind
     device = resolve_device(config.device)

@@ -93,10 +93,20 @@ def defining(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in NOT_DEFINING}
 
 
+#: Keys added to the configuration after working folders were first written, with the value an
+#: older folder (which lacks them) meant: runs before evaluation protocols were episodic or regression.
+ADDED_KEYS = {"protocol_settings": {}}
+
+
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Human-readable ``key: old -> new`` for every defining key that differs (keys only one
-    side has count as differing)."""
-    old, new = defining(old), defining(new)
+    side has count as differing, except those of :data:`ADDED_KEYS` and a missing ``protocol``,
+    which take the value an older folder meant)."""
+    old, new = dict(defining(old)), defining(new)
+    for key, value in ADDED_KEYS.items():
+        old.setdefault(key, value)
+    if "protocol" not in old and new.get("protocol") in ("episodic", "regression"):
+        old["protocol"] = new["protocol"]  # the standard protocol of the dataset's kind
     out = []
     for key in sorted(set(old) | set(new)):
         if old.get(key, "(absent)") != new.get(key, "(absent)"):

@@ -208,3 +208,40 @@ def test_cross_domain_pools(data_root: Path) -> None:
     assert material.pool == "digits/all/test"
     rows = protocol.scorer(config.ways)(NearestMean(), material.sampler.episode(0))
     assert [r["labels"] for r in rows if r["strategy"] == "kcenter"] == [5, 10, 15, 20]
+
+
+def test_settings_survive_the_working_folder_and_old_folders_resume() -> None:
+    """state.json stores the configuration as JSON: a resume compares it with the same run's
+    configuration (tuples of strategies or error rates included); a folder written before
+    protocols existed (no protocol keys) counts as the standard protocol."""
+    from metabench import workdir
+
+    for protocol in ("active", "interactive"):
+        record = resolve({"budget": "smoke", "protocol": protocol}).to_dict()
+        assert workdir.differences(json.loads(json.dumps(record)), record) == []
+    standard = resolve({"budget": "smoke"}).to_dict()
+    old = {k: v for k, v in standard.items() if k not in ("protocol", "protocol_settings")}
+    assert workdir.differences(old, standard) == []
+    assert workdir.differences(old, resolve({"budget": "smoke", "protocol": "active"}).to_dict()) != []
+
+
+def test_evaluate_keeps_a_runs_settings_and_the_report_shows_them(tmp_path: Path, data_root: Path) -> None:
+    """Re-testing an active run changes only the settings given (the run's protocol is taken from
+    it), and the report's caption states the run's own settings."""
+    from metabench.reevaluate import evaluate_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "weights").mkdir()
+    (run / "weights" / "protonet-seed0.safetensors").write_bytes(b"")
+    (run / "run.json").write_text("{}")
+    config = active_config(data_root, pool=8, epsilon=0.1)
+    (run / "config.json").write_text(json.dumps({**config.to_dict(), "kind": "classification"}))
+    args = cli.build_parser().parse_args(["evaluate", str(run), "--label-budget", "15"])
+    changes = cli.protocol_values(args, cli.run_protocol(run))
+    again, _ = evaluate_config(run, changes)
+    assert again.protocol == "active"
+    assert (again.protocol_settings["pool"], again.protocol_settings["epsilon"], again.protocol_settings["budget"]) == (
+        8, 0.1, 15)
+    caption = Active(Active.make_settings(again.protocol_settings)).caption(again)
+    assert "pool of 8" in caption and "ε = 0.1" in caption and "up to 15" in caption

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metabench import cli, runner
+from metabench import cli
 from metabench.config import learners_for
 from metabench.datasets import omniglot
 from metabench.protocols import episodic

@@ -33,9 +33,11 @@ examples. The seed set guarantees every class at least one example.
 
 **Transductive batch norm.** The learners normalise with the statistics of the batch they are
 given. Each round predicts the whole pool and the query set in one batch (the pool's probabilities
-drive the uncertainty strategies), so the batch is the same in every round and for every
-strategy; round 0 therefore differs slightly from the standard 1-shot episode, whose batch is the
-query set alone.
+drive the uncertainty strategies). For MAML and Reptile that prediction batch is the same in every
+round and for every strategy; Prototypical and Matching Networks embed their labelled examples in
+the same batch, so theirs grows with the labels. Round 0 therefore differs slightly from the
+standard 1-shot episode, whose batch holds the query set (and, for the metric learners, the
+support set) only.
 
 Rows (``episodes.csv``): ``episode, strategy, round, labels`` (labels held), ``accuracy`` (query,
 percent), ``loss`` (query cross-entropy, nats), ``wrong_labels`` (annotator errors among them),
@@ -78,7 +80,7 @@ from metabench.tables import Cell, Table, to_markdown
 
 from . import EvaluationProtocol, Material
 from .acquisition import NEEDS, STRATEGIES, PoolView, annotate
-from .episodic import setting_title, timing_columns
+from .episodic import timing_columns, where_title
 
 
 @dataclass(frozen=True)
@@ -162,8 +164,8 @@ class ActiveScorer:
         support = ep.support_x[labelled.to(device)]
         if support.dim() == 4:  # channels-last images run Conv4 several times faster on CPU (backbones docstring)
             support = channels_last(support)
-        round_ep = Episode(support, labels[labelled].to(device), batch, torch.cat([ep.support_y, ep.query_y]),
-                           RoundIndex(ep.index.classes, key))
+        unknown = torch.zeros(batch.shape[0], dtype=torch.long, device=device)  # predict never sees true labels
+        round_ep = Episode(support, labels[labelled].to(device), batch, unknown, RoundIndex(ep.index.classes, key))
         logits = learner.predict(round_ep).float()
         query = logits[n_pool:]
         loss = F.cross_entropy(query, ep.query_y).item()
@@ -224,7 +226,8 @@ def aulc(part: pd.DataFrame) -> pd.Series:
     x = wide.columns.to_numpy(float)
     if x.size < 2:
         return wide.iloc[:, 0]
-    return pd.Series(np.trapezoid(wide.to_numpy(float), x, axis=1) / (x[-1] - x[0]), index=wide.index)
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
+    return pd.Series(trapezoid(wide.to_numpy(float), x, axis=1) / (x[-1] - x[0]), index=wide.index)
 
 
 class Active(EvaluationProtocol):
@@ -263,6 +266,8 @@ class Active(EvaluationProtocol):
         if isinstance(values.get("strategies"), str):
             values["strategies"] = tuple(v.strip() for v in values["strategies"].split(",") if v.strip())
         elif "strategies" in values:
+            if not isinstance(values["strategies"], (list, tuple)):
+                raise ConfigError(f"strategies must be a list of names, got {values['strategies']!r}")
             values["strategies"] = tuple(values["strategies"])
         return super().make_settings(values)
 
@@ -340,7 +345,8 @@ class Active(EvaluationProtocol):
                 reached = [labels for labels, values in curve if values.mean() >= s.target]
                 row["aulc_pct"], row["aulc_ci95"] = mean_ci95(areas[st].to_numpy())
                 row["labels_to_target"] = float(min(reached)) if reached else float("nan")
-                row.update(vs_random_pp=np.nan, vs_random_ci95=np.nan, p_t=np.nan, p_wilcoxon=np.nan)
+                row.update(vs_random_pp=np.nan, vs_random_ci95=np.nan, p_t=np.nan, p_wilcoxon=np.nan, p_t_holm=np.nan,
+                           p_wilcoxon_holm=np.nan)
                 if st != "random" and "random" in areas and areas[st].size >= 2:
                     c = paired_comparison(areas[st], areas["random"].loc[areas[st].index], (st, "random"))
                     row.update(vs_random_pp=c.mean_diff, vs_random_ci95=c.ci95, p_t=c.p_t, p_wilcoxon=c.p_wilcoxon)
@@ -394,7 +400,7 @@ class Active(EvaluationProtocol):
         )
 
     def markdown(self, config: Any, summary: pd.DataFrame, common: str) -> str:
-        return (f"# Active selection of support labels: {setting_title(config)} start\n\n"
+        return (f"# Active selection of support labels: {where_title(config)}, {config.ways}-way\n\n"
                 f"{to_markdown(self.table(summary, self.caption(config, common)))}")
 
     def figure(self, summary: pd.DataFrame):
@@ -442,11 +448,12 @@ class Active(EvaluationProtocol):
         md = ["## Active selection of support labels", ""]
         for run in runs:
             config = SimpleNamespace(**run.config)
+            own = type(self)(type(self).make_settings(run.config.get("protocol_settings", {})))  # the run's settings
             stem = f"active-{run.path.name}"
-            table = self.table(run.summary, self.caption(config))
-            md += [f"### {run.path.name}: {setting_title(config)} start", ""]
+            table = own.table(run.summary, own.caption(config))
+            md += [f"### {run.path.name}: {where_title(config)}, {config.ways}-way", ""]
             md += out.table(stem, table, run.summary)
-            md += out.figure(stem, lambda summary=run.summary: self.figure(summary),
+            md += out.figure(stem, lambda summary=run.summary, own=own: own.figure(summary),
                              f"Query accuracy against labels held ({run.path.name}), one panel per learner; bands: 95% "
                              f"confidence intervals over the {config.test_episodes} episodes. Random is the baseline; "
                              f"balanced is a standard K-shot episode.")

@@ -82,12 +82,17 @@ def markdown_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def setting_title(config: Any) -> str:
-    """``omniglot (vinyals split), 5-way 1-shot``, with ``→ test dataset`` when cross-domain."""
+def where_title(config: Any) -> str:
+    """``omniglot (vinyals split)``, with ``→ test dataset (split)`` when cross-domain."""
     where = f"{config.dataset} ({config.split} split)"
     if (config.test_dataset, config.test_split) != (config.dataset, config.split):
         where += f" → {config.test_dataset} ({config.test_split} split)"
-    return f"{where}, {config.ways}-way {config.shots}-shot"
+    return where
+
+
+def setting_title(config: Any) -> str:
+    """``omniglot (vinyals split), 5-way 1-shot``, with ``→ test dataset`` when cross-domain."""
+    return f"{where_title(config)}, {config.ways}-way {config.shots}-shot"
 
 
 class Episodic(EvaluationProtocol):

@@ -19,8 +19,8 @@ building the episode, not the annotator, not scoring. With transductive batch no
 learners' adaptation (embedding the labelled set) happens in the same forward as the prediction,
 so adaptation and prediction cannot be timed apart for them; for MAML and Reptile the inner loop
 dominates the call. Reported as median and 95th percentile over all rounds and episodes, on the
-CPU the run used, each worker process with one thread (the protocol spreads episodes over the
-``--workers`` processes for every learner).
+CPU the run used; the protocol spreads streams over the ``--workers`` processes for every learner
+(on CPU, with at least 4 streams per process), which share torch's threads (one each on 2 cores).
 
 Rows (``episodes.csv``): ``episode, epsilon, round, labels`` (labels held when predicting),
 ``seen_accuracy, heldout_accuracy`` (percent), ``corrections`` (wrong predictions this round, the
@@ -58,7 +58,7 @@ from metabench.tables import Cell, Table, to_markdown
 from . import EvaluationProtocol, Material
 from .acquisition import annotate
 from .active import RoundIndex, _generator
-from .episodic import setting_title, timing_columns
+from .episodic import timing_columns, where_title
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,14 @@ class InteractiveScorer:
                 batch: torch.Tensor, n_items: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Adapt on the labelled items and predict ``batch`` (the round's items, then the
         held-out queries); only the learner's call is timed.
+
+        Args:
+            learner: the trained learner; ep: the stream's episode (support: the seed and stream
+                images ``[N * (1 + S)]``, query: the held-out images ``[N * Q]``).
+            labelled: int64 ``[L]`` support positions fed back so far (CPU); labels: int64
+                ``[N * (1 + S)]`` the label the person gives each of them (CPU).
+            batch: ``[M + N * Q, C, H, W]`` the round's items, then the held-out queries.
+            n_items: M.
 
         Returns:
             ``(item predictions [M], query logits [N * Q, N], seconds)``.
@@ -177,14 +185,15 @@ class Interactive(EvaluationProtocol):
     def make_settings(cls, values: Any) -> InteractiveSettings:
         values = dict(values)
         if isinstance(values.get("epsilons"), str):
-            try:
-                values["epsilons"] = tuple(float(v) for v in values["epsilons"].split(",") if v.strip())
-            except ValueError:
-                raise ConfigError(f"--epsilons takes comma-separated numbers in [0, 1), got {values['epsilons']!r}") from None
+            text = values["epsilons"]
+            values["epsilons"] = [v for v in text.split(",") if v.strip()]
         elif isinstance(values.get("epsilons"), (int, float)):
-            values["epsilons"] = (float(values["epsilons"]),)
-        elif "epsilons" in values:
-            values["epsilons"] = tuple(float(v) for v in values["epsilons"])
+            values["epsilons"] = [values["epsilons"]]
+        if "epsilons" in values:
+            try:
+                values["epsilons"] = tuple(float(v) for v in values["epsilons"])
+            except (TypeError, ValueError):
+                raise ConfigError(f"--epsilons takes comma-separated numbers in [0, 1), got {values['epsilons']!r}") from None
         return super().make_settings(values)
 
     @classmethod
@@ -314,13 +323,13 @@ class Interactive(EvaluationProtocol):
             f"per class never fed back, at the last round (after adapting on all earlier feedback); corrections: the person's total effort "
             f"over the {s.rounds * m} items. Latency: wall-clock time of the learner's call from feedback to new "
             f"predictions (adaptation and one forward of the next items and held-out queries; median and 95th "
-            f"percentile over rounds and streams, one thread per worker process). Δ: mean seen accuracy minus the "
+            f"percentile over rounds and streams; worker processes share torch's threads). Δ: mean seen accuracy minus the "
             f"best learner's at that ε on the same streams, ± its 95% interval; p: paired t-test, Holm-adjusted over "
             f"the other learners."
         )
 
     def markdown(self, config: Any, summary: pd.DataFrame, common: str) -> str:
-        return (f"# Interactive feedback: {setting_title(config)} start\n\n"
+        return (f"# Interactive feedback: {where_title(config)}, {config.ways}-way\n\n"
                 f"{to_markdown(self.table(summary, self.caption(config, common)))}")
 
     def figure(self, summary: pd.DataFrame):
@@ -354,6 +363,8 @@ class Interactive(EvaluationProtocol):
         from metabench import style
 
         learners = list(dict.fromkeys(episodes["learner"]))
+        first = episodes["epsilon"].iloc[0]
+        episodes = episodes[(episodes["round"] > 0) | (episodes["epsilon"] == first)]  # round 0 is measured once
         colours = style.palette(learners)
         fig, axes = style.new_figure(1, 1)
         ax = axes[0]
@@ -372,18 +383,19 @@ class Interactive(EvaluationProtocol):
         md = ["## Interactive feedback", ""]
         for run in runs:
             config = SimpleNamespace(**run.config)
+            own = type(self)(type(self).make_settings(run.config.get("protocol_settings", {})))  # the run's settings
             stem = f"interactive-{run.path.name}"
-            md += [f"### {run.path.name}: {setting_title(config)} start", ""]
-            md += out.table(stem, self.table(run.summary, self.caption(config)), run.summary)
-            md += out.figure(stem, lambda summary=run.summary: self.figure(summary),
+            md += [f"### {run.path.name}: {where_title(config)}, {config.ways}-way", ""]
+            md += out.table(stem, own.table(run.summary, own.caption(config)), run.summary)
+            md += out.figure(stem, lambda summary=run.summary, own=own: own.figure(summary),
                              f"Accuracy the person sees (top) and the corrections made so far (bottom) against the "
                              f"round ({run.path.name}), per annotator error rate ε; means over "
                              f"{config.test_episodes} streams.")
-            md += out.figure(f"{stem}-latency", lambda episodes=run.episodes: self.latency_figure(episodes),
+            md += out.figure(f"{stem}-latency", lambda episodes=run.episodes, own=own: own.latency_figure(episodes),
                              f"Latency from the person's feedback to the updated model's predictions ({run.path.name}): "
                              f"the learner's call (adaptation and one forward), over every round and stream; box: "
-                             f"quartiles, whiskers: 5th to 95th percentile; one thread per worker process, "
-                             f"{run.config.get('workers') or 'one per CPU thread'} worker processes.")
+                             f"quartiles, whiskers: 5th to 95th percentile; round 0, shared by the error rates, counted "
+                             f"once; run with {run.config.get('workers')} worker processes sharing torch's threads.")
         return md
 
     def note(self, rows: pd.DataFrame) -> str:
