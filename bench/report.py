@@ -36,7 +36,7 @@ import pandas as pd
 from metabench import __version__
 from metabench import published as pub
 from metabench.errors import ReportError
-from metabench.protocols import protocol_class
+from metabench.protocols import registry
 from metabench.results import AccuracyRun, ProtocolRun, Setting, TimingRun, read_inputs
 from metabench.statistics import (
     accuracy_summary,
@@ -749,7 +749,7 @@ def render(results: Sequence[SettingResult], timing: pd.DataFrame, timings: Sequ
     if others:
         output = ProtocolOutput(folder, put, csv, counter, table_no, figures_done)
         for name, group in _by_protocol(others).items():
-            md += protocol_class(name, "classification")().report(group, output)
+            md += registry()[name]().report(group, output)
     skipped = {n: f.skipped for n, f in figures_done.items() if f.skipped}
     if skipped:
         md += ["## Figures not drawn", ""] + [f"- `{n}`: {why}." for n, why in skipped.items()] + [""]

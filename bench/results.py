@@ -273,7 +273,13 @@ class ProtocolRun:
 
 
 #: Protocols whose runs are read as :class:`AccuracyRun` (the rest as :class:`ProtocolRun`).
-STANDARD_PROTOCOLS = ("episodic", "regression")
+STANDARD_PROTOCOLS = ("episodic",)
+
+
+def run_protocol(config: dict[str, Any]) -> str:
+    """The protocol of a run's ``config.json``; runs from before protocols existed name none and
+    were tested with their dataset kind's standard protocol."""
+    return str(config.get("protocol") or ("regression" if config.get("kind") == "regression" else "episodic"))
 
 
 def read_protocol_run(path: Path) -> ProtocolRun:
@@ -290,7 +296,7 @@ def read_protocol_run(path: Path) -> ProtocolRun:
         episodes = pd.read_csv(path / "episodes.csv")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ReportError(f"{path} has an unreadable CSV ({exc}): rerun the command that wrote it") from None
-    return ProtocolRun(path, str(config["protocol"]), config, _read_json(path / "run.json"), summary, episodes)
+    return ProtocolRun(path, run_protocol(config), config, _read_json(path / "run.json"), summary, episodes)
 
 
 def read_inputs(paths: Sequence[str | Path]) -> tuple[list[AccuracyRun], list[TimingRun], list[ProtocolRun]]:
@@ -320,7 +326,7 @@ def read_inputs(paths: Sequence[str | Path]) -> tuple[list[AccuracyRun], list[Ti
         seen[key] = str(raw)
         if kind_of(path) != "run":
             timings.append(read_timing(path))
-        elif _read_json(path / "config.json").get("protocol", "episodic") not in STANDARD_PROTOCOLS:
+        elif run_protocol(_read_json(path / "config.json")) not in STANDARD_PROTOCOLS:
             others.append(read_protocol_run(path))
         else:
             runs.append(read_run(path))

@@ -230,6 +230,9 @@ def test_sinusoid_smoke_run_writes_every_output(tmp_path: Path, capsys, one_line
     assert cli.main(["run", "--dataset", "sinusoid", "--learners", "protonet", "--out", str(tmp_path / "x")]) == 2
     one_line_error("no learner left to run on sinusoid", "--learners")
     assert not (tmp_path / "x").exists()
-    assert cli.main(["report", str(out), "--out", str(tmp_path / "rep")]) == 2
-    one_line_error("is a regression run", "summary.md")
-    assert not (tmp_path / "rep").exists()
+    assert cli.main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    index = (tmp_path / "rep" / "index.md").read_text()
+    assert "## Regression" in index and "| MAML |" in index
+    for name in ("tables/regression-sin.md", "tables/regression-sin.tex", "tables/regression-sin.csv",
+                 "figures/regression-sin.png", "figures/regression-sin.pdf"):
+        assert (tmp_path / "rep" / name).is_file(), name

@@ -17,6 +17,7 @@ import pandas as pd
 from metabench.algorithms import LEARNERS
 from metabench.evaluation import REGRESSION_STEPS
 from metabench.statistics import mean_ci95
+from metabench.tables import Cell, Table
 
 from .episodic import Episodic, timing_columns
 
@@ -103,6 +104,60 @@ class Regression(Episodic):
             f"reads \"diverged\" where fine-tuning overflowed on some tasks (MSE not finite); summary.csv also "
             f"has the median over tasks."
         )
+
+    def table(self, summary: pd.DataFrame, caption: str) -> Table:
+        """The summary as a :class:`~metabench.tables.Table` (query MSE ± 95% CI after each number of
+        test-time steps, the median after the last; "diverged on n of N" where MSE is not finite)."""
+        last = REGRESSION_STEPS[-1]
+        header = ["Learner", *(f"MSE, {s} step{'s' if s != 1 else ''}" for s in REGRESSION_STEPS), f"median, {last} steps",
+                  "Meta-iterations", "Meta-train time (s)"]
+        rows = []
+        for r in summary.to_dict("records"):
+            cells = [Cell(f"diverged on {r[f'diverged_{s}']} of {r['episodes']}") if r[f"diverged_{s}"]
+                     else Cell(f"{r[f'mse_{s}']:.3g} ± {r[f'ci95_{s}']:.2g}") for s in REGRESSION_STEPS]
+            rows.append([Cell(r["name"]), *cells, Cell(f"{r[f'median_{last}']:.3g}"), Cell(str(r["meta_iterations"])),
+                         Cell(f"{r['meta_train_s']:.1f}")])
+        return Table(header, rows, "l" + "r" * (len(header) - 1), caption, label="tab:metabench-regression")
+
+    def figure(self, summary: pd.DataFrame):
+        """Query MSE against test-time gradient steps, one line per learner with its 95% interval
+        (log scale; learners with a diverged task left out), inside :func:`metabench.style.styled`."""
+        from metabench import style
+
+        colours = style.palette(list(summary["learner"]))
+        fig, axes = style.new_figure(1, 1)
+        ax = axes[0]
+        for r in summary.to_dict("records"):
+            if any(r[f"diverged_{s}"] for s in REGRESSION_STEPS):
+                continue
+            y = np.array([r[f"mse_{s}"] for s in REGRESSION_STEPS])
+            ci = np.array([r[f"ci95_{s}"] for s in REGRESSION_STEPS])
+            ax.errorbar(REGRESSION_STEPS, y, yerr=ci, marker="o", ms=4, capsize=3, color=colours[r["learner"]],
+                        label=r["name"])
+        ax.set_yscale("log")
+        ax.set_xticks(REGRESSION_STEPS)
+        ax.set_xlabel("test-time gradient steps")
+        ax.set_ylabel("query MSE")
+        ax.legend(fontsize="small")
+        return fig
+
+    def report(self, runs: list[Any], out: Any) -> list[str]:
+        """The report's section for regression runs: per run its table (Markdown, LaTeX, CSV) and
+        the MSE-against-steps figure (PNG, PDF)."""
+        md = ["## Regression", ""]
+        for run in runs:
+            c = run.config
+            stem = f"regression-{run.path.name}"
+            caption = (f"Mean query MSE (± the 95% confidence interval over {c.get('test_episodes')} test tasks, "
+                       f"{c.get('queries')} query points each) after 0, 1, 5 and 10 test-time gradient steps on "
+                       f"K = {c.get('shots')} support points, {c.get('dataset')} ({c.get('split')}), budget "
+                       f"`{c.get('budget')}`; median over the tasks after {REGRESSION_STEPS[-1]} steps.")
+            md += [f"### {run.path.name}: {c.get('dataset')}, K = {c.get('shots')}", ""]
+            md += out.table(stem, self.table(run.summary, caption), run.summary)
+            md += out.figure(stem, lambda summary=run.summary: self.figure(summary),
+                             f"Query MSE against test-time gradient steps ({run.path.name}); bars: 95% confidence "
+                             f"intervals over the test tasks; log scale; learners with a diverged task are in the table only.")
+        return md
 
     def note(self, rows: pd.DataFrame) -> str:
         last = REGRESSION_STEPS[-1]
