@@ -187,12 +187,19 @@ class MAML(MetaLearner):
         return StepResult(result.losses.mean().item(), sum(accs) / len(accs))
 
     def predict(self, episode: Episode) -> torch.Tensor:
+        return self._adapt_predict(episode, self.config.test_inner_steps)
+
+    def stream_predict(self, episode: Episode) -> torch.Tensor:
+        """Adapt from theta on the task's labelled memory with the meta-training inner loop
+        (``train_inner_steps`` steps of size ``inner_lr``; Continual-MAML's fast weights, Caccia
+        et al. 2020, with the memory as support set) and predict the incoming batch."""
+        return self._adapt_predict(episode, self.config.train_inner_steps)
+
+    def _adapt_predict(self, episode: Episode, steps: int) -> torch.Tensor:
         params = {n: p.detach().requires_grad_(True) for n, p in self._model.named_parameters()}
         with torch.enable_grad():
-            fast = adapt(
-                self._backbone, params, episode.support_x, episode.support_y,
-                self.config.test_inner_steps, self.config.inner_lr, create_graph=False,
-            )
+            fast = adapt(self._backbone, params, episode.support_x, episode.support_y, steps, self.config.inner_lr,
+                         create_graph=False)
         with torch.no_grad():
             return self._backbone.forward({n: p.detach() for n, p in fast.items()}, episode.query_x, "native")
 

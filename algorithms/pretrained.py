@@ -107,6 +107,10 @@ class Pretrained(MetaLearner):
         steps = self.config.test_inner_steps
         return self.predict_steps(episode, [steps])[steps]
 
+    def tuned_settings(self) -> dict[str, Any]:
+        """``{"test_lr": ...}``, the fine-tuning step size in use."""
+        return {"test_lr": self.test_lr}
+
     def restore_tuned(self, settings) -> None:
         """Use the fine-tuning step size ``settings["test_lr"]`` chosen by :meth:`finish_training`."""
         if "test_lr" in settings:

@@ -180,6 +180,26 @@ class MetaLearner(ABC):
             raise NotImplementedError(f"{self.title} has no image embedding (its network is a {type(encoder).__name__})")
         return encoder.features(x).flatten(1)
 
+    def stream_predict(self, episode: Episode) -> torch.Tensor:
+        """Outputs for a stream's incoming batch before its labels are known (the stream
+        protocol, :mod:`metabench.protocols.stream`), adapting on the current task's labelled
+        memory at the cost of one step of an online stream.
+
+        Args:
+            episode: support set: the current task's labelled examples in memory (``[S, ...]``,
+                at least one batch); query set: the incoming batch ``[B, ...]``, whose
+                ``query_y`` are placeholders (the labels are not revealed yet).
+
+        Returns:
+            ``[B, ways]`` logits (``[B, outputs]`` for regression). The default is
+            :meth:`predict`: the learner's own test-time rule with the memory as support set
+            (the metric learners' prototypes or attention). Learners that adapt by gradient
+            steps override it with the inner loop they were meta-trained with, from the
+            meta-learned parameters (their test-time loops, up to 50 steps, cost too much per
+            stream step). The meta-parameters are never changed.
+        """
+        return self.predict(episode)
+
     def finish_training(self, val_episodes: Sequence[Episode]) -> dict[str, Any]:
         """Called once after meta-training with validation episodes (on the learner's device;
         possibly none); learners that choose a
@@ -195,6 +215,11 @@ class MetaLearner(ABC):
         """Apply settings that :meth:`finish_training` chose (as it returned them) to a learner
         rebuilt from kept weights, so that it predicts as the trained one did; most learners
         have none."""
+
+    def tuned_settings(self) -> dict[str, Any]:
+        """The test-time settings :meth:`finish_training` chose or :meth:`restore_tuned` applied,
+        in the form :meth:`restore_tuned` takes (empty for most learners)."""
+        return {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The meta-learned parameters (to save or to compare)."""

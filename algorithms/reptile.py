@@ -225,6 +225,18 @@ class Reptile(MetaLearner):
         digest = hashlib.sha256(episode.index.key()).digest()
         return np.random.default_rng([self.seed, int.from_bytes(digest[:8], "little")])
 
+    def stream_predict(self, episode: Episode) -> torch.Tensor:
+        """Adapt from theta on the task's labelled memory with the meta-training inner loop
+        (``train_inner_steps`` steps of the inner optimiser on minibatches of ``inner_batch``,
+        Nichol et al. 2018, Alg. 2; minibatches drawn from the episode's key) and predict the
+        incoming batch."""
+        cfg = self.config
+        steps = cfg.train_inner_steps
+        with torch.enable_grad():
+            _, _, outputs = self._fine_tune(episode.support_x, episode.support_y, steps, cfg.inner_batch,
+                                            self._episode_rng(episode), episode.query_x, [steps])
+        return outputs[steps]
+
     def predict(self, episode: Episode) -> torch.Tensor:
         steps = self.config.test_inner_steps
         return self.predict_steps(episode, [steps])[steps]

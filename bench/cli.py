@@ -163,6 +163,10 @@ PROTOCOL_FLAGS = {
     "epsilon": ("active", "epsilon"), "target_accuracy": ("active", "target"), "items": ("interactive", "items"),
     "rounds": ("interactive", "rounds"), "heldout_queries": ("interactive", "queries"),
     "epsilons": ("interactive", "epsilons"), "confirm": ("interactive", "confirm"),
+    "stream_steps": ("stream", "steps"), "stay": ("stream", "stay"), "mixing": ("stream", "mixing"),
+    "ood_dataset": ("stream", "ood_dataset"), "ood_split": ("stream", "ood_split"), "stream_shots": ("stream", "shots"),
+    "memory": ("stream", "memory"), "change_threshold": ("stream", "threshold"), "regimes": ("stream", "regimes"),
+    "oracle": ("stream", "oracle"), "fresh_classes": ("stream", "fresh_classes"),
 }
 
 
@@ -170,8 +174,9 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
     """``--protocol`` and the protocols' settings (see :mod:`metabench.protocols`)."""
     g = parser.add_argument_group("evaluation protocol", "how the trained learners are tested (see the README)")
     g.add_argument("--protocol", help="episodic (image datasets' default), regression (sinusoid's default), active "
-                                      "(active selection of support labels from an unlabelled pool) or interactive (a "
-                                      "simulated person correcting the model round by round)")
+                                      "(active selection of support labels from an unlabelled pool), interactive (a "
+                                      "simulated person correcting the model round by round) or stream (online task "
+                                      "streams with task changes and returning tasks)")
     g.add_argument("--pool", type=int, help="active: P unlabelled pool images per class (default 10)")
     g.add_argument("--pool-queries", type=int, help="active: Q query images per class, scored every round (default 10)")
     g.add_argument("--start-labels", type=int, help="active: labels per class before the first round (default 1)")
@@ -187,6 +192,21 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--epsilons", help="interactive: comma-separated annotator error rates (default 0,0.1,0.2)")
     g.add_argument("--confirm", action="store_true", default=None,
                    help="interactive: the person also confirms right predictions (default: corrects errors only)")
+    g.add_argument("--stream-steps", type=int, help="stream: steps T per stream (default 1000)")
+    g.add_argument("--stay", type=float, help="stream: probability p that the task stays the same at a step (default 0.9)")
+    g.add_argument("--mixing", help="stream: probabilities of a new in-distribution, a new out-of-distribution and a "
+                                    "returning task at a change (default 0.5,0.25,0.25; without an out-of-distribution "
+                                    "dataset 0.75,0,0.25)")
+    g.add_argument("--ood-dataset", help="stream: the out-of-distribution dataset (default digits for images; none)")
+    g.add_argument("--ood-split", help="stream: its split (default: the dataset's first)")
+    g.add_argument("--stream-shots", type=int, help="stream: examples per class in each step's batch (default: --shots)")
+    g.add_argument("--memory", type=int, help="stream: labelled batches of the current task a learner keeps (default 5)")
+    g.add_argument("--change-threshold", type=float, help="stream: loss jump that declares a task change (default 1)")
+    g.add_argument("--regimes", help="stream: frozen and/or continual meta-parameters (default frozen)")
+    g.add_argument("--oracle", action="store_true", default=None,
+                   help="stream: also run with the task boundaries given (reported separately)")
+    g.add_argument("--fresh-classes", action="store_true", default=None,
+                   help="stream: new tasks never reuse a class the stream has used")
 
 
 def protocol_values(args: argparse.Namespace, configured: str | None = None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ Protocols (``--protocol``):
                  the standard protocol of regression datasets)
 ``active``       active selection of support labels from an unlabelled pool (:mod:`.active`)
 ``interactive``  a simulated person correcting the model round by round (:mod:`.interactive`)
+``stream``       online task streams with task changes and returning tasks (:mod:`.stream`, OSAKA)
 
 Each protocol has a frozen ``Settings`` dataclass (pool sizes, budgets, ...) whose defaults are
 stated and justified in its module; :func:`protocol_for` builds the protocol of a
@@ -157,9 +158,10 @@ def standard(kind: str) -> str:
 def registry() -> dict[str, type[EvaluationProtocol]]:
     """The protocols by ``--protocol`` name (imported here, not at module import, to keep the
     package import light and free of cycles)."""
-    from . import active, episodic, interactive, regression
+    from . import active, episodic, interactive, regression, stream
 
-    return {cls.name: cls for cls in (episodic.Episodic, regression.Regression, active.Active, interactive.Interactive)}
+    return {cls.name: cls for cls in (episodic.Episodic, regression.Regression, active.Active, interactive.Interactive,
+                                      stream.StreamProtocol)}
 
 
 def protocol_class(name: str, kind: str) -> type[EvaluationProtocol]:

@@ -1,0 +1,234 @@
+"""The stream protocol: streams, task changes, returning tasks, detection, hidden labels, the
+continual copy, bad input and a smoke run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+from metabench import cli
+from metabench.algorithms.protonet import ProtoNet
+from metabench.config import resolve
+from metabench.errors import ConfigError
+from metabench.protocols import protocol_for
+from metabench.protocols.stream import ChangeDetector, StreamScorer, continual_copy, unpack
+from metabench.protocols.streams import StreamSampler, StreamSpec, schedule, stream_fingerprint
+from metabench.rundata import data_for
+
+RUN_FILES = {"config.json", "environment.json", "episodes.csv", "curves.csv", "summary.csv", "summary.md", "run.json",
+             "weights"}
+
+
+def setup(data_root: Path, dataset: str = "omniglot", episodes: int = 2, **settings):
+    config = resolve({"dataset": dataset, "budget": "smoke", "protocol": "stream", "protocol_settings": settings,
+                      "test_episodes": episodes, "data_root": str(data_root), "download": False,
+                      "learners": "protonet" if dataset == "omniglot" else "maml"})
+    protocol = protocol_for(config)
+    data = data_for(config)
+    protocol.check(config, data)
+    return config, protocol, protocol.material(config, data)
+
+
+def spec(**changes) -> StreamSpec:
+    values = {"steps": 200, "stay": 0.9, "mixing": (0.5, 0.25, 0.25), "ways": 5, "shots": 1, "fresh": False, "seed": 0}
+    return StreamSpec(**{**values, **changes})
+
+
+# ----------------------------------------------------------------------------- streams
+
+
+def test_switch_frequency_matches_p() -> None:
+    for p in (0.9, 0.98):
+        task, change, _, _, _ = schedule(spec(steps=20001, stay=p), 0, (1692, 10))
+        switches = int(change[1:].sum())  # each of the 20000 later steps changes with probability 1 - p
+        assert stats.binomtest(switches, 20000, 1 - p).pvalue > 0.001, (p, switches)
+        assert change[0] and (task[1:] != task[:-1]).sum() == switches  # every change is a real change
+
+
+def test_mixing_frequencies_match_the_settings() -> None:
+    _, change, kind, _, _ = schedule(spec(steps=40000, stay=0.5), 3, (1692, 10))
+    counts = np.bincount(kind[change][10:], minlength=3)  # after the first tasks, returns are always possible
+    assert stats.chisquare(counts, counts.sum() * np.array([0.5, 0.25, 0.25])).pvalue > 0.001, counts
+
+
+def test_returning_tasks_show_the_same_classes_in_the_same_label_order(data_root: Path) -> None:
+    _, _, material = setup(data_root, steps=300)
+    sampler = material.sampler
+    idx = sampler.index(0)
+    stream = sampler.episode(0)
+    returns = np.flatnonzero(idx.change & (idx.visit > 1))
+    assert returns.size > 3
+    pools = sampler.pools
+    for t in returns:
+        j = idx.task[t]
+        first = np.flatnonzero(idx.task == j)[0]
+        assert idx.visit[first] == 1 and idx.domain[j] in (0, 1)
+        pool = pools[idx.domain[j]]
+        # the images of every label come from the same pool class as on the first visit
+        expected = pool.images(idx.classes[j], idx.images[t, :, 0])
+        assert torch.equal(stream.x[t], torch.from_numpy(expected).float() / 255)
+        assert torch.equal(stream.y[t], torch.arange(5))
+        # and are images of the task not shown before (the order continues across visits)
+        earlier = idx.images[:t][idx.task[:t] == j, :, 0]
+        if len(earlier) < pool.n_per_class:
+            assert not (earlier == idx.images[t, :, 0]).any(axis=1).any()
+
+
+def test_streams_are_deterministic_and_fingerprinted(data_root: Path) -> None:
+    _, _, a = setup(data_root, steps=100)
+    _, _, b = setup(data_root, steps=100)
+    _, _, other = setup(data_root, steps=100, stay=0.98)
+    assert a.fingerprint == b.fingerprint != other.fingerprint
+    assert torch.equal(a.sampler.episode(1).x, b.sampler.episode(1).x)
+    assert a.sampler.index(0).key() != a.sampler.index(1).key()
+    changed = StreamSampler(a.sampler.spec, (a.sampler.pools[0], a.sampler.pools[0]))  # another out-of-distribution pool
+    assert stream_fingerprint(changed, 2) != stream_fingerprint(a.sampler, 2)
+
+
+def test_sinusoid_streams_change_function_and_return() -> None:
+    sampler = StreamSampler(spec(ways=1, shots=10, mixing=(0.75, 0.0, 0.25)), None)
+    stream = sampler.episode(0)
+    idx = stream.index
+    assert stream.x.shape == (200, 10, 1) and (idx.domain == 0).all()
+    a, phase = idx.waves[idx.task[7]]
+    assert torch.allclose(stream.y[7, :, 0], torch.from_numpy(a * np.sin(idx.x[7] - phase)).float())
+    assert (idx.visit > 1).any()
+    assert torch.equal(stream.x, StreamSampler(sampler.spec, None).episode(0).x)
+
+
+# ----------------------------------------------------------------------------- the rule
+
+
+def test_change_detector_on_a_hand_made_loss_sequence() -> None:
+    detector = ChangeDetector(1.0)
+    losses = [0.5, 0.4, 0.6, 2.0, 1.9, 0.7, 1.6, 0.3, 2.8]
+    declared = [detector.observe(v) for v in losses]
+    # 2.0 > mean(0.5, 0.4, 0.6) + 1 = 1.5; a new segment starts empty, so 1.9 is its first loss;
+    # 0.7 < 1.9 + 1; 1.6 < mean(1.9, 0.7) + 1 = 2.3; 0.3; 2.8 > mean(1.9, 0.7, 1.6, 0.3) + 1 = 2.125
+    assert declared == [False, False, False, True, False, False, False, False, True]
+    assert not ChangeDetector(1.0).observe(9.0)  # nothing to compare the first loss with
+
+
+class Peeker(ProtoNet):
+    """Predicts the labels it is given for the incoming batch: caught if they were revealed."""
+
+    def stream_predict(self, episode):
+        return 10.0 * torch.nn.functional.one_hot(episode.query_y, self.ways).float()
+
+
+def protonet(cls=ProtoNet):
+    torch.manual_seed(0)
+    return cls(ProtoNet.Config(), 5, (1, 28, 28), 1, torch.device("cpu"), 0)
+
+
+def test_predictions_are_scored_before_the_labels_are_revealed(data_root: Path) -> None:
+    _, _, material = setup(data_root, steps=60)
+    stream = material.sampler.episode(0)
+    rows = StreamScorer("classification", ("frozen",), ("detected",), 5, 1.0)(protonet(Peeker), stream)
+    scores = np.concatenate([unpack(r["scores"]) for r in rows])
+    assert scores.size == 60
+    assert (scores == 20.0).all()  # the placeholders are all label 0: one of five examples right
+
+
+def test_continual_meta_updates_never_touch_the_saved_weights(data_root: Path) -> None:
+    _, _, material = setup(data_root, steps=30)
+    stream = material.sampler.episode(0)
+    learner = protonet()
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    rows = StreamScorer("classification", ("frozen", "continual"), ("detected",), 5, 1.0)(learner, stream)
+    assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
+    frozen = [r["scores"] for r in rows if r["regime"] == "frozen"]
+    continual = [r["scores"] for r in rows if r["regime"] == "continual"]
+    assert frozen != continual  # the copy did learn
+    copy = continual_copy(learner, 30)
+    assert copy.iteration == 0 and copy.optimizer.param_groups[0]["lr"] == ProtoNet.Config().lr
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(copy.model.parameters(), learner.model.parameters()))
+
+
+def test_oracle_mode_resets_at_the_true_changes(data_root: Path) -> None:
+    _, _, material = setup(data_root, steps=80)
+    stream = material.sampler.episode(0)
+    rows = StreamScorer("classification", ("frozen",), ("detected", "oracle"), 5, 1.0)(protonet(), stream)
+    oracle = [r for r in rows if r["mode"] == "oracle"]
+    assert all(unpack(r["scores"])[0] == 20.0 for r in oracle)  # no example of the new task yet: a guess
+    assert all(r["declared"] == "" for r in oracle)
+    assert sum(r["steps"] for r in oracle) == 80
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"stay": 1.0}, "--stay is the probability that the task stays the same at a step: it must be in \\[0, 1\\)"),
+    ({"stay": -0.1}, "must be in \\[0, 1\\)"),
+    ({"mixing": "0.5,0.3,0.3"}, "--mixing probabilities must sum to 1"),
+    ({"mixing": "0.5,0.5"}, "--mixing takes three probabilities"),
+    ({"ood_dataset": "miniimagenet"}, "--ood-dataset miniimagenet has 3 channel\\(s\\) but the run's images have 1"),
+    ({"fresh_classes": True}, "--fresh-classes forbids reuse: drop --fresh-classes, or lower --stream-steps"),
+    ({"regimes": "frozen,online"}, "--regimes takes frozen and/or continual"),
+    ({"ood_dataset": "none", "mixing": "0.5,0.25,0.25"}, "set the middle probability to 0"),
+])
+def test_bad_settings_name_the_fix(settings: dict, message: str, data_root: Path) -> None:
+    with pytest.raises(ConfigError, match=message):
+        setup(data_root, **settings)
+
+
+def test_sinusoid_has_no_out_of_distribution_domain(data_root: Path) -> None:
+    with pytest.raises(ConfigError, match="set the middle probability to 0"):
+        setup(data_root, dataset="sinusoid", mixing="0.5,0.25,0.25")
+    config, protocol, material = setup(data_root, dataset="sinusoid", steps=40)
+    assert protocol.mixing(config) == (0.75, 0.0, 0.25) and material.pool == "sinusoid/finn/test"
+
+
+def test_bad_input_writes_nothing(tmp_path: Path, data_root: Path, one_line_error) -> None:
+    out = tmp_path / "x"
+    assert cli.main(["evaluate", "results/omniglot-vinyals-5w1s-quick", "--protocol", "stream", "--stay", "1",
+                     "--data-root", str(data_root), "--out", str(out)]) == 2
+    one_line_error("--stay", "[0, 1)")
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@pytest.mark.slow
+def test_smoke_run_and_report(tmp_path: Path, data_root: Path, capsys) -> None:
+    out = tmp_path / "stream"
+    assert cli.main(["run", "--quiet", "--budget", "smoke", "--protocol", "stream", "--test-episodes", "2",
+                     "--learners", "protonet,maml", "--stream-steps", "40", "--regimes", "frozen,continual", "--oracle",
+                     "--device", "cpu", "--data-root", str(data_root), "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+    config = json.loads((out / "config.json").read_text())
+    assert config["protocol"] == "stream" and config["protocol_settings"]["regimes"] == ["frozen", "continual"]
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary[["regime", "mode", "learner"]].values.tolist() == [
+        [r, m, n] for r in ("frozen", "continual") for m in ("detected", "oracle") for n in ("protonet", "maml")]
+    assert (summary["ms_p95"] >= summary["ms_median"]).all()
+    episodes = pd.read_csv(out / "episodes.csv", keep_default_na=False)
+    assert episodes.groupby(["learner", "regime", "mode", "episode"])["steps"].sum().eq(40).all()
+    report = tmp_path / "report"
+    assert cli.main(["report", str(out), "--out", str(report)]) == 0
+    assert "## Online task streams" in (report / "index.md").read_text()
+    for name in ("stream-stream-rolling.png", "stream-stream-recovery.pdf", "stream-stream-returns.png"):
+        assert (report / "figures" / name).is_file()
+    assert (report / "tables" / "stream-stream.tex").is_file()
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_sinusoid_stream_run(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sine"
+    assert cli.main(["run", "--quiet", "--dataset", "sinusoid", "--budget", "smoke", "--protocol", "stream",
+                     "--test-episodes", "2", "--learners", "maml,reptile,pretrained", "--stream-steps", "30",
+                     "--regimes", "frozen,continual", "--device", "cpu", "--out", str(out)]) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert (summary["metric"] == "mse").all() and (summary["online"] > 0).all()
+    best = summary[summary["regime"] == "frozen"].sort_values("online")["learner"].iloc[0]
+    assert (summary.loc[summary["regime"] == "frozen", "best"] == best).all()  # lower MSE is better
+    capsys.readouterr()
