@@ -193,10 +193,10 @@ class MetaLearner(ABC):
         Returns:
             ``[B, ways]`` logits (``[B, outputs]`` for regression). The default is
             :meth:`predict`: the learner's own test-time rule with the memory as support set
-            (the metric learners' prototypes or attention). Learners that adapt by gradient
-            steps override it with the inner loop they were meta-trained with, from the
-            meta-learned parameters (their test-time loops, up to 50 steps, cost too much per
-            stream step). The meta-parameters are never changed.
+            (the metric learners' prototypes or attention; the pretrained regression baseline's
+            fine-tuning, cheap on its MLP). MAML and Reptile override it with the inner loop they
+            were meta-trained with, from the meta-learned parameters (their test-time loops, up to
+            50 steps, cost too much per stream step). The meta-parameters are never changed.
         """
         return self.predict(episode)
 

@@ -9,22 +9,19 @@ labels are placeholders in what the learner gets), then receives its labels and 
 The learner is not told when the task changes (task-agnostic) unless ``oracle`` adds rows where it
 is (mode ``oracle``, reported separately).
 
-**Each learner's rule in a stream** (:meth:`~metabench.algorithms.MetaLearner.stream_predict`,
-``stream_learn``, ``stream_start``):
-
-- every learner keeps a **labelled memory** of the current task: its last ``memory`` labelled
-  batches since the last detected change. With an empty memory (the stream's first step, or an
-  oracle boundary) it has no example of the task and guesses (uniform logits; zero outputs);
-- Prototypical and Matching Networks use the memory as their support set (prototypes, attention)
-  to predict the incoming batch;
-- MAML, first-order MAML, Reptile (and the sine waves' pretrained baseline) keep **fast weights**,
-  reset to the meta-learned parameters at a detected change (Continual-MAML's reset, Caccia et al.
-  2020); after each labelled batch they run one inner loop of their meta-training kind on the
-  memory, continuing from the fast weights (MAML: ``train_inner_steps`` gradient steps of size
-  ``inner_lr``; Reptile: ``train_inner_steps`` steps of its inner optimiser on minibatches; the
-  baseline: one fine-tuning step). Re-adapting from the meta-parameters at every step would cost
-  ``test_inner_steps`` steps per step (Reptile's 50: 0.25 s per step on one core), far beyond the
-  protocol's budget.
+**Each learner's rule in a stream** (:meth:`~metabench.algorithms.MetaLearner.stream_predict`):
+every learner keeps a **labelled memory** of the current task, its last ``memory`` labelled batches
+since the last declared change, and predicts the incoming batch from it alone. With an empty memory
+(the stream's first step, or an oracle boundary) it has no example of the task and guesses (uniform
+logits; zero outputs for sine waves). Prototypical and Matching Networks use the memory as their
+support set (prototypes, attention). MAML, first-order MAML and Reptile adapt from their
+meta-learned parameters on the memory with the inner loop they were meta-trained with (MAML:
+``train_inner_steps`` gradient steps of size ``inner_lr``; Reptile: ``train_inner_steps`` steps of
+its inner optimiser on minibatches), the fast weights of Continual-MAML (Caccia et al. 2020) with
+the memory as support set; their longer test-time loops would cost too much per stream step
+(Reptile's 50 steps: about 0.25 s on one core). The sine waves' pretrained baseline fine-tunes as at
+test time (``test_inner_steps`` steps on a 1-40-40-1 MLP, cheap). Nothing is carried from one step
+to the next but the memory.
 
 **Task-change detection** (:class:`ChangeDetector`): the loss of the prediction on the incoming
 batch (cross-entropy in nats, or MSE) is compared with the mean loss of the current segment's
@@ -38,9 +35,12 @@ OSAKA's grid of thresholds, 0.25-3; not tuned here).
 **Regimes.** ``frozen``: the meta-parameters stay as trained (fast adaptation only).
 ``continual``: Continual-MAML's outer update (Caccia et al. 2020): at each step where no change was
 declared and the memory holds an earlier batch of the task, one meta-update of a **copy** of the
-learner with its own ``meta_train_step`` on the episode (support: the previous labelled batch,
-query: the new batch; for Reptile, which meta-trains without a query split, both as its task), with
-a fresh optimiser at the learner's initial meta learning rate and schedule (:func:`continual_copy`).
+learner with its own ``meta_train_step`` on a meta-batch of one episode (support: the previous
+labelled batch, query: the new batch; for Reptile, which meta-trains without a query split, both
+as its task), with a fresh optimiser at the learner's initial meta learning rate and schedule over
+the stream's ``T`` steps (:func:`continual_copy`; Reptile's outer step size therefore anneals from
+``meta_step`` to ``meta_step_final`` over the stream, and with one task per update its first updates
+move theta most of the way to the adapted weights).
 Each stream starts from the trained meta-parameters again, so streams are independent; the
 learner's own parameters (the run's kept weights) are never changed.
 
@@ -52,17 +52,18 @@ learner's own parameters (the run's kept weights) are never changed.
 learning and, when continual, the meta-update; milliseconds) and ``declared`` (offsets within the
 segment at which a change was declared, empty if none).
 
-Defaults (``--stream-steps 1000``, 20 streams, ``--stay 0.9``): each learner x regime runs 20,000
-steps; ``memory`` 5 batches (at 1 example per class per step, the 5-shot setting of the papers);
+Defaults (``--stream-steps 1000``, 20 streams, ``--stay 0.9``, the ``frozen`` regime): each learner
+runs 20,000 steps; the ``continual`` regime's meta-updates add about as much again for the metric
+learners and more for MAML (second-order) and Reptile (see the README for measured times);
+``memory`` 5 batches (at 1 example per class per step, the 5-shot setting of the papers);
 mixing (in, out, return) = (0.5, 0.25, 0.25) with ``digits`` as the out-of-distribution domain of
-image streams, (0.75, 0, 0.25) for sine waves (which have no other domain).
+grey-scale image streams (not when the run tests on digits), else (0.75, 0, 0.25): colour images
+have no default other domain, sine waves none at all.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -103,14 +104,14 @@ class StreamSettings:
         stay: p, probability that the task stays the same at a step, in [0, 1) (OSAKA: 0.9, 0.98).
         mixing: probabilities of a new in-distribution task, a new out-of-distribution task and a
             returning task at a change (empty: the defaults, :data:`MIXING`).
-        ood_dataset: the out-of-distribution dataset (empty: ``digits`` for image streams, none for
-            sine waves; ``none``: no out-of-distribution tasks).
+        ood_dataset: the out-of-distribution dataset (empty: ``digits`` for grey-scale image streams
+            that do not test on digits, else none; ``none``: no out-of-distribution tasks).
         ood_split: its split (empty: the dataset's default).
         shots: k, examples per class in each step's batch (0: the run's K).
         memory: labelled batches of the current task a learner keeps.
         threshold: loss jump that declares a task change (nats, or squared units of y).
         regimes: ``frozen`` and/or ``continual`` (default ``frozen``: the continual regime's
-            meta-updates cost about 1.8 times the frozen regime's steps, see the module).
+            meta-updates cost as much again or more, see the module).
         oracle: also run with the task boundaries given (mode ``oracle``).
         fresh_classes: new tasks never reuse a class the stream has used.
     """
@@ -170,6 +171,29 @@ def continual_copy(learner: Any, steps: int) -> Any:
     return fresh
 
 
+def recovery(changes: pd.DataFrame, length: int = RECOVERY) -> np.ndarray:
+    """The recovery curve: the score ``d`` steps after a task change, for ``d < length``: averaged
+    over each stream's changes (seeds pooled), then over the streams that have a segment that
+    long (NaN where none has).
+
+    Args:
+        changes: rows of segments that start with a change (``segment > 0``).
+
+    Returns:
+        float64 ``[length]``.
+    """
+    per_stream = []
+    for _, part in changes.groupby("episode"):
+        curves = [unpack(v)[:length] for v in part["scores"]]
+        per_stream.append([np.mean([c[d] for c in curves if c.size > d]) if any(c.size > d for c in curves) else np.nan
+                           for d in range(length)])
+    if not per_stream:
+        return np.full(length, np.nan)
+    values = np.array(per_stream)
+    counts = (~np.isnan(values)).sum(0)
+    return np.where(counts > 0, np.nansum(values, 0) / np.maximum(counts, 1), np.nan)
+
+
 def lower_is_better(episodes: pd.DataFrame) -> bool:
     """Whether a run's stream score is an error (``metric`` ``mse``, sine waves) rather than an
     accuracy (``accuracy``, percent)."""
@@ -224,17 +248,17 @@ class StreamScorer:
         steps = idx.steps
         active = continual_copy(learner, steps) if regime == "continual" else learner
         queries_free = active.train_shape(learner.ways, 1, 1).queries == 0  # Reptile meta-trains on one set
-        device = stream.x.device
+        device = stream.y.device
         classes = np.arange(learner.ways)
         digest = hashlib.sha256(idx.key()).digest()[:16]
         memory: list[tuple[torch.Tensor, torch.Tensor]] = []
         detector = ChangeDetector(self.threshold)
         scores, ms, declared = np.empty(steps), np.empty(steps), np.zeros(steps, bool)
         for t in range(steps):
-            x, y = stream.x[t], stream.y[t]
+            x, y = stream.batch(t)
             if x.dim() == 4:
                 x = channels_last(x)
-            key = digest + f"/{regime}/{mode}/{t}".encode()
+            key = digest + f"/{t}".encode()  # the same draws in every regime and mode (paired comparisons)
             synchronize(device)
             start = time.perf_counter()
             if mode == "oracle" and idx.change[t]:
@@ -266,7 +290,8 @@ class StreamScorer:
             rows.append({
                 "regime": regime, "mode": mode, "segment": segment, "start": int(a), "steps": int(b - a),
                 "task": int(idx.task[a]), "kind": ARRIVALS[int(idx.kind[a])], "visit": int(idx.visit[a]),
-                "metric": "mse" if self.kind == "regression" else "accuracy", "score": float(scores[a:b].mean()), "scores": _pack(scores[a:b], fmt), "ms": _pack(ms[a:b], ".2f"),
+                "metric": "mse" if self.kind == "regression" else "accuracy", "score": float(scores[a:b].mean()),
+                "scores": _pack(scores[a:b], fmt), "ms": _pack(ms[a:b], ".2f"),
                 "declared": "|".join(str(int(o)) for o in np.flatnonzero(declared[a:b])),
             })
         return rows
@@ -309,7 +334,7 @@ class StreamProtocol(EvaluationProtocol):
         if isinstance(s.stay, bool) or not isinstance(s.stay, (int, float)) or not 0 <= s.stay < 1:
             raise ConfigError(f"--stay is the probability that the task stays the same at a step: it must be in [0, 1), got {s.stay!r}")
         if s.mixing:
-            if len(s.mixing) != 3 or any(m < 0 for m in s.mixing):
+            if len(s.mixing) != 3 or not all(np.isfinite(m) and m >= 0 for m in s.mixing):
                 raise ConfigError(f"--mixing takes three probabilities (new in-distribution, new out-of-distribution, "
                                   f"returning task), got {list(s.mixing)}")
             if abs(sum(s.mixing) - 1) > 1e-9:
@@ -328,7 +353,9 @@ class StreamProtocol(EvaluationProtocol):
     def ood(self, config: Any) -> tuple[str, str] | None:
         """``(dataset, split)`` of the out-of-distribution domain, or ``None``."""
         s = self.settings
-        name = s.ood_dataset or ("digits" if DATASETS[config.dataset].kind == "classification" else "none")
+        info = DATASETS[config.dataset]
+        grey = info.kind == "classification" and info.channels == 1 and config.test_dataset != "digits"
+        name = s.ood_dataset or ("digits" if grey else "none")
         if name == "none":
             return None
         if name not in DATASETS:
@@ -359,6 +386,9 @@ class StreamProtocol(EvaluationProtocol):
         if info.channels != channels:
             raise ConfigError(f"--ood-dataset {where[0]} has {info.channels} channel(s) but the run's images have "
                               f"{channels}: choose an out-of-distribution dataset with {channels} channel(s)")
+        if where == (config.test_dataset, config.test_split):
+            raise ConfigError(f"--ood-dataset {where[0]} ({where[1]}) is the run's own test data: choose another dataset "
+                              "or --ood-dataset none")
         split = load_split(where[0], where[1], config.data_root, config.image_size, config.download)
         return data.test.pool, split.test
 
@@ -392,9 +422,7 @@ class StreamProtocol(EvaluationProtocol):
 
     def material(self, config: Any, data: Any) -> Material:
         sampler = StreamSampler(self.spec(config), self._pools(config, data))
-        described = json.dumps({**dataclasses.asdict(self.settings), "mixing": list(self.mixing(config)),
-                                "ood": self.ood(config), "shots": self.shots(config)}, sort_keys=True)
-        digest = hashlib.sha256((stream_fingerprint(sampler, config.test_episodes) + described).encode()).hexdigest()
+        digest = stream_fingerprint(sampler, config.test_episodes)  # the streams only, not how they are scored
         where = f"{config.test_dataset}/{config.test_split}/test"
         ood = self.ood(config)
         return Material(sampler, config.test_episodes, digest, where + (f" + {ood[0]}/{ood[1]}/test" if ood else ""))
@@ -421,8 +449,8 @@ class StreamProtocol(EvaluationProtocol):
             in-distribution, new out-of-distribution and returning visits; NaN where no stream
             has one); ``first_visit, later_visits, return_gain`` with ``_ci95`` (tasks that
             return: mean score on their first visit, on their returns, and the paired difference
-            later minus first, over streams with a return); ``rec_<d>`` (mean score ``d`` steps
-            after a change, over all segments, for ``d < 20``); ``changes, detected_pct,
+            later minus first, over streams with a return); ``rec_<d>`` (the score ``d`` steps
+            after a task change, :func:`recovery`, for ``d < 20``); ``changes, detected_pct,
             false_per_100`` (task changes, the percent declared at the change's step, declarations
             elsewhere per 100 steps; NaN in oracle mode); ``ms_median, ms_p95`` (per step);
             ``vs_best, vs_best_ci95, p_best_holm`` (online score minus the best learner's in the
@@ -495,11 +523,9 @@ class StreamProtocol(EvaluationProtocol):
         later = self._per_stream(tasks[tasks["visit"] > 1]) if len(tasks) else pd.Series(dtype=float)
         for col, values in (("first_visit", first), ("later_visits", later), ("return_gain", (later - first).dropna())):
             row[col], row[f"{col}_ci95"] = mean_ci95(values.to_numpy()) if len(values) else (np.nan, np.nan)
-        curves = [unpack(s)[:RECOVERY] for s in mine["scores"]]
-        for d in range(RECOVERY):
-            at = [c[d] for c in curves if c.size > d]
-            row[f"rec_{d}"] = float(np.mean(at)) if at else np.nan
         changes = mine[mine["segment"] > 0]
+        for d, value in enumerate(recovery(changes)):
+            row[f"rec_{d}"] = value
         row["changes"] = len(changes)
         if mode == "detected":
             offsets = [unpack(d) for d in mine["declared"]]
@@ -520,7 +546,9 @@ class StreamProtocol(EvaluationProtocol):
         """The summary as a :class:`~metabench.tables.Table`: one row per regime x mode x learner."""
         mse = self._is_mse(summary)
         unit = "MSE" if mse else "%"
-        fmt = (lambda m, c: f"{m:.3g} ± {c:.2g}") if mse else (lambda m, c: f"{m:.2f} ± {c:.2f}")
+        def fmt(m: float, c: float) -> str:
+            text = f"{m:.3g}" if mse else f"{m:.2f}"
+            return text if np.isnan(c) else text + (f" ± {c:.2g}" if mse else f" ± {c:.2f}")
 
         def cell(r: dict, col: str, bold: bool = False) -> Cell:
             return Cell("—" if np.isnan(r[col]) else fmt(r[col], r[f"{col}_ci95"]), bold=bold)
@@ -553,11 +581,13 @@ class StreamProtocol(EvaluationProtocol):
         s = self.settings
         mixing = self.mixing(config)
         ood = self.ood(config)
-        score = ("online MSE (lower is better) of the incoming points" if DATASETS[config.dataset].kind == "regression"
+        regression = DATASETS[config.dataset].kind == "regression"
+        score = ("online MSE of the incoming points before their targets arrive (lower is better: a negative Δ and "
+                 "return − first visit are gains)" if regression
                  else "online accuracy: the percent of each incoming batch classified before its labels arrive")
+        batch = f"{self.shots(config)} points" if regression else f"{self.shots(config)} example(s) per class"
         return (
-            f"{config.test_episodes} streams of {s.steps} steps; at every step a batch of {self.shots(config)} example(s) "
-            f"per class of the current task arrives, and the task changes with probability 1 − p = {1 - s.stay:.2g} "
+            f"{config.test_episodes} streams of {s.steps} steps; at every step a batch of {batch} of the current task arrives, and the task changes with probability 1 − p = {1 - s.stay:.2g} "
             f"(to a new in-distribution task, a new out-of-distribution task"
             f"{f' from {ood[0]}' if ood else ''} or a returning one with probabilities {mixing[0]:g}, {mixing[1]:g}, "
             f"{mixing[2]:g}). Score: {score}; mean over streams"
@@ -572,9 +602,13 @@ class StreamProtocol(EvaluationProtocol):
         )
 
     def markdown(self, config: Any, summary: pd.DataFrame, common: str) -> str:
-        s = self.settings
-        return (f"# Online task streams: {where_title(config)}, {config.ways}-way, p = {s.stay:g}\n\n"
+        return (f"# Online task streams: {self.setting(config)}\n\n"
                 f"{to_markdown(self.table(summary, self.caption(config, common)))}")
+
+    def setting(self, config: Any) -> str:
+        """``omniglot (vinyals split), 5-way, p = 0.9`` (``K = 10`` for sine waves)."""
+        shape = f"K = {config.shots}" if DATASETS[config.dataset].kind == "regression" else f"{config.ways}-way"
+        return f"{where_title(config)}, {shape}, p = {self.settings.stay:g}"
 
     def rolling_figure(self, episodes: pd.DataFrame, stream: int = 0, window: int = 20):
         """Online score along one stream (rolling mean over ``window`` steps), one panel per regime
@@ -660,7 +694,7 @@ class StreamProtocol(EvaluationProtocol):
             config = SimpleNamespace(**run.config)
             own = type(self)(type(self).make_settings(run.config.get("protocol_settings", {})))  # the run's settings
             stem = f"stream-{run.path.name}"
-            md += [f"### {run.path.name}: {where_title(config)}, {config.ways}-way, p = {own.settings.stay:g}", ""]
+            md += [f"### {run.path.name}: {own.setting(config)}", ""]
             md += out.table(stem, own.table(run.summary, own.caption(config)), run.summary)
             md += out.figure(f"{stem}-rolling", lambda e=run.episodes, own=own: own.rolling_figure(e),
                              f"Online score along stream 0 of {run.path.name} (rolling mean over 20 steps), per regime; "

@@ -113,8 +113,9 @@ class Stream:
     """One stream's tensors.
 
     Attributes:
-        x: float32 ``[T, N * k, C, H, W]`` images in [0, 1] (class-major within a step: the
-            ``k`` examples of label 0, then label 1, ...), or ``[T, k, 1]`` sine-wave inputs.
+        x: uint8 ``[T, N * k, C, H, W]`` images (class-major within a step: the ``k`` examples
+            of label 0, then label 1, ...; kept as bytes, a quarter of float32's memory), or
+            float32 ``[T, k, 1]`` sine-wave inputs.
         y: int64 ``[T, N * k]`` labels, or float32 ``[T, k, 1]`` targets.
         index: its :class:`StreamIndex`.
     """
@@ -122,6 +123,11 @@ class Stream:
     x: torch.Tensor
     y: torch.Tensor
     index: StreamIndex
+
+    def batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``t``'s batch: inputs (images as float32 in [0, 1]) and labels or targets."""
+        x = self.x[t]
+        return (x.float().div_(255.0) if x.dtype == torch.uint8 else x), self.y[t]
 
     def to(self, device: torch.device | str) -> Stream:
         """The stream with its tensors on ``device``."""
@@ -256,7 +262,7 @@ class StreamSampler:
             pool = self.pools[idx.domain[j]]
             frames[t] = pool.images(np.repeat(idx.classes[j], s.shots), idx.images[t].reshape(-1))
         labels = torch.arange(s.ways).repeat_interleave(s.shots).repeat(s.steps, 1)
-        return Stream(torch.from_numpy(frames).float().div_(255.0), labels, idx)
+        return Stream(torch.from_numpy(frames), labels, idx)
 
 
 def stream_fingerprint(sampler: StreamSampler, count: int) -> str:
