@@ -185,8 +185,8 @@ def test_summary_counts_detections_recovery_and_returns() -> None:
     """A hand-made stream of 3 visits (task 0, task 1, task 0 again), written and read as a CSV."""
     from metabench.protocols.stream import StreamProtocol
 
-    def row(episode, segment, start, scores, task, kind, visit, declared):
-        return {"seed": 0, "learner": "protonet", "episode": episode, "regime": "frozen", "mode": "detected",
+    def row(episode, segment, start, scores, task, kind, visit, declared, learner="protonet"):
+        return {"seed": 0, "learner": learner, "episode": episode, "regime": "frozen", "mode": "detected",
                 "segment": segment, "start": start, "steps": len(scores), "task": task, "kind": kind, "visit": visit,
                 "metric": "accuracy", "score": float(np.mean(scores)), "scores": "|".join(str(v) for v in scores),
                 "ms": "|".join("2.0" for _ in scores), "declared": declared}
@@ -196,12 +196,19 @@ def test_summary_counts_detections_recovery_and_returns() -> None:
         rows += [row(episode, 0, 0, [20, 80, 100], 0, "in", 1, ""),
                  row(episode, 1, 3, [0, 60], 1, "out", 1, "0"),       # detected at the change
                  row(episode, 2, 5, [40, 100, 100, 100], 0, "return", 2, "2")]  # missed, a false alarm at offset 2
+        rows += [row(episode, 0, 0, [20, 20, 20, 20, 20, 20, 20, 20, 20 + 20 * episode], 0, "in", 1, "", "matchingnet")]
     path = Path(__import__("tempfile").mkdtemp()) / "episodes.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     episodes = pd.read_csv(path)
-    timings = pd.DataFrame([{"seed": 0, "learner": "protonet", "meta_iterations": 1, "meta_train_seconds": 1.0,
-                             "test_seconds": 1.0, "test_episodes": 2}])
-    r = StreamProtocol().summarize(episodes, timings, ("protonet",)).iloc[0]
+    timings = pd.DataFrame([{"seed": 0, "learner": n, "meta_iterations": 1, "meta_train_seconds": 1.0,
+                             "test_seconds": 1.0, "test_episodes": 2} for n in ("protonet", "matchingnet")])
+    summary = StreamProtocol().summarize(episodes, timings, ("protonet", "matchingnet"))
+    other = summary.iloc[1]
+    assert (summary["best"] == "protonet").all() and np.isnan(summary.iloc[0]["vs_best"])
+    # matchingnet's streams: 20 and 22.2 against protonet's 66.7 on both
+    assert other["vs_best"] == pytest.approx(np.mean([20 - 600 / 9, 200 / 9 - 600 / 9]))
+    assert 0 <= other["p_best_holm"] < 0.05 and np.isnan(other["vs_frozen"])  # no continual rows
+    r = summary.iloc[0]
     assert r["online"] == pytest.approx(np.mean([20, 80, 100, 0, 60, 40, 100, 100, 100]))
     assert (r["online_in"], r["online_out"], r["online_return"]) == pytest.approx((200 / 3, 30, 85))
     assert r["first_visit"] == pytest.approx(200 / 3) and r["later_visits"] == pytest.approx(85)
@@ -289,7 +296,7 @@ def test_sinusoid_stream_run(tmp_path: Path, capsys) -> None:
 # ----------------------------------------------------------------------------- committed runs
 
 REPO = Path(__file__).resolve().parents[1]
-COMMITTED = ["omniglot-vinyals-5w1s-quick-stream-p0.9", "sinusoid-k10-quick-stream"]
+COMMITTED = ["omniglot-vinyals-5w1s-quick-stream-p0.9", "omniglot-vinyals-5w1s-quick-stream", "sinusoid-k10-quick-stream"]
 
 
 def committed(run: str, data_root: Path):
@@ -342,3 +349,16 @@ def test_committed_stream_is_rescored_from_the_kept_weights(data_root: Path) -> 
         assert rows["declared"].astype(str).tolist() == kept["declared"].astype(str).tolist()
     else:
         assert abs(mine.mean() - theirs.mean()) < 2.0
+
+
+def test_the_default_run_repeats_the_frozen_rows_of_the_two_regime_run() -> None:
+    """The default command (frozen only) and the two-regime run used the same streams: the same
+    fingerprint and, on the same machine and code, the same per-step accuracies and declared changes."""
+    default, both = (REPO / "results" / COMMITTED[1], REPO / "results" / COMMITTED[0])
+    assert json.loads((default / "run.json").read_text())["fingerprint"] == json.loads((both / "run.json").read_text())["fingerprint"]
+    a = pd.read_csv(default / "episodes.csv", keep_default_na=False)
+    b = pd.read_csv(both / "episodes.csv", keep_default_na=False)
+    b = b[b["regime"] == "frozen"].reset_index(drop=True)
+    assert set(a["regime"]) == {"frozen"} and len(a) == len(b)
+    columns = ["learner", "episode", "segment", "start", "steps", "kind", "visit", "scores", "declared"]
+    pd.testing.assert_frame_equal(a[columns].astype(str), b[columns].astype(str))
