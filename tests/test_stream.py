@@ -362,3 +362,20 @@ def test_the_default_run_repeats_the_frozen_rows_of_the_two_regime_run() -> None
     assert set(a["regime"]) == {"frozen"} and len(a) == len(b)
     columns = ["learner", "episode", "segment", "start", "steps", "kind", "visit", "scores", "declared"]
     pd.testing.assert_frame_equal(a[columns].astype(str), b[columns].astype(str))
+
+
+@pytest.mark.parametrize("run", COMMITTED)
+def test_committed_summaries_follow_from_their_rows(run: str) -> None:
+    """``summary.csv`` of each committed stream run is what :meth:`summarize` makes of its
+    ``episodes.csv`` (all but the timing columns, which come from the run's timings)."""
+    folder = REPO / "results" / run
+    kept = pd.read_csv(folder / "summary.csv")
+    episodes = pd.read_csv(folder / "episodes.csv", keep_default_na=False)
+    learners = tuple(dict.fromkeys(kept["learner"]))
+    timings = pd.DataFrame([{"seed": 0, "learner": n, "meta_iterations": 0, "meta_train_seconds": 0.0,
+                             "test_seconds": 0.0, "test_episodes": 1} for n in learners])
+    _, protocol = committed(run, Path("."))
+    again = protocol.summarize(episodes, timings, learners)
+    columns = [c for c in kept.columns if c not in ("meta_iterations", "meta_train_s", "test_ms_per_episode")]
+    pd.testing.assert_frame_equal(again[columns].reset_index(drop=True), kept[columns], check_dtype=False,
+                                  check_exact=False, rtol=1e-12)

@@ -164,6 +164,9 @@ def continual_copy(learner: Any, steps: int) -> Any:
     Args:
         learner: the trained learner.
         steps: the stream's length T (the horizon of schedules such as Reptile's annealing).
+
+    Returns:
+        The new learner, on ``learner``'s device.
     """
     fresh = type(learner)(learner.config, learner.ways, learner.image_shape, steps, learner.device, learner.seed)
     fresh.load_state_dict(learner.state_dict())
@@ -214,10 +217,10 @@ def recovery(changes: pd.DataFrame, length: int = RECOVERY) -> np.ndarray:
     return np.where(counts > 0, np.nansum(values, 0) / np.maximum(counts, 1), np.nan)
 
 
-def lower_is_better(episodes: pd.DataFrame) -> bool:
-    """Whether a run's stream score is an error (``metric`` ``mse``, sine waves) rather than an
-    accuracy (``accuracy``, percent)."""
-    return str(episodes["metric"].iloc[0]) == "mse"
+def lower_is_better(frame: pd.DataFrame) -> bool:
+    """Whether a stream run's score is an error (``metric`` ``mse``, sine waves) rather than an
+    accuracy (``accuracy``, percent), from its rows or its summary (both carry ``metric``)."""
+    return str(frame["metric"].iloc[0]) == "mse"
 
 
 def _pack(values: Any, fmt: str) -> str:
@@ -371,7 +374,11 @@ class StreamProtocol(EvaluationProtocol):
                 raise ConfigError(f"stream protocol: {field} must be true or false, got {getattr(s, field)!r}")
 
     def ood(self, config: Any) -> tuple[str, str] | None:
-        """``(dataset, split)`` of the out-of-distribution domain, or ``None``."""
+        """``(dataset, split)`` of the out-of-distribution domain, or ``None``.
+
+        Raises:
+            ConfigError: for an unknown ``--ood-dataset``.
+        """
         s = self.settings
         info = DATASETS[config.dataset]
         grey = info.kind == "classification" and info.channels == 1 and config.test_dataset != "digits"
@@ -485,9 +492,8 @@ class StreamProtocol(EvaluationProtocol):
         for (regime, mode) in dict.fromkeys(zip(episodes["regime"], episodes["mode"])):
             for name in learners:
                 mine = episodes[(episodes["learner"] == name) & (episodes["regime"] == regime) & (episodes["mode"] == mode)]
-                row = self._summary_row(mine, name, regime, mode, timings)
                 per_stream[(name, regime, mode)] = self._per_stream(mine)
-                rows.append(row)
+                rows.append(self._summary_row(mine, per_stream[(name, regime, mode)], name, regime, mode, timings))
         summary = pd.DataFrame(rows)
         for col in ("vs_best", "vs_best_ci95", "p_best_holm", "vs_frozen", "vs_frozen_ci95", "p_frozen_holm"):
             summary[col] = np.nan
@@ -513,10 +519,11 @@ class StreamProtocol(EvaluationProtocol):
         by = weighted.groupby(["episode", "seed"])[["total", "steps"]].sum()
         return (by["total"] / by["steps"]).groupby("episode").mean()
 
-    def _summary_row(self, mine: pd.DataFrame, name: str, regime: str, mode: str, timings: pd.DataFrame) -> dict[str, Any]:
+    def _summary_row(self, mine: pd.DataFrame, online: pd.Series, name: str, regime: str, mode: str,
+                     timings: pd.DataFrame) -> dict[str, Any]:
         row: dict[str, Any] = {"learner": name, "name": LEARNERS[name].title, "regime": regime, "mode": mode,
                                "metric": str(mine["metric"].iloc[0])}
-        row["online"], row["online_ci95"] = mean_ci95(self._per_stream(mine).to_numpy())
+        row["online"], row["online_ci95"] = mean_ci95(online.to_numpy())
         for kind in ARRIVALS:
             part = mine[mine["kind"] == kind]
             values = self._per_stream(part).to_numpy() if len(part) else np.empty(0)
@@ -533,8 +540,10 @@ class StreamProtocol(EvaluationProtocol):
         row["changes"] = len(changes)
         if mode == "detected":
             offsets = [unpack(d) for d in mine["declared"]]
+            # a change is declared at offset 0 of the segment it starts (segment 0 starts the stream
+            # with an empty memory, where nothing can be declared); declarations later are false
             hits = sum(1 for o, seg in zip(offsets, mine["segment"]) if seg > 0 and (o == 0).any())
-            false = sum(int((o > 0).sum()) + int(seg == 0 and (o == 0).any()) for o, seg in zip(offsets, mine["segment"]))
+            false = sum(int((o > 0).sum()) for o in offsets)
             row["detected_pct"] = 100.0 * hits / len(changes) if len(changes) else np.nan
             row["false_per_100"] = 100.0 * false / mine["steps"].sum()
         else:
@@ -548,7 +557,7 @@ class StreamProtocol(EvaluationProtocol):
 
     def table(self, summary: pd.DataFrame, caption: str) -> Table:
         """The summary as a :class:`~metabench.tables.Table`: one row per regime x mode x learner."""
-        mse = self._is_mse(summary)
+        mse = lower_is_better(summary)
         unit = "MSE" if mse else "%"
         def fmt(m: float, c: float) -> str:
             text = f"{m:.3g}" if mse else f"{m:.2f}"
@@ -575,10 +584,6 @@ class StreamProtocol(EvaluationProtocol):
                          Cell(detection), Cell(f"{r['ms_median']:.1f} / {r['ms_p95']:.1f}"),
                          *delta(r, "vs_best", "p_best_holm"), *delta(r, "vs_frozen", "p_frozen_holm")])
         return Table(header, rows, "ll" + "r" * (len(header) - 2), caption, label="tab:metabench-stream")
-
-    @staticmethod
-    def _is_mse(summary: pd.DataFrame) -> bool:
-        return bool((summary["metric"] == "mse").all())
 
     def caption(self, config: Any, common: str = "") -> str:
         """What the table shows, for ``summary.md`` and the report."""
@@ -664,7 +669,7 @@ class StreamProtocol(EvaluationProtocol):
                         label=r["name"] + (" (oracle)" if r["mode"] == "oracle" else ""))
             ax.set_title(f"{regime} meta-parameters", fontsize="medium")
             ax.set_xlabel("steps since the task changed")
-        axes[0].set_ylabel("online MSE" if self._is_mse(summary) else "online accuracy (%)")
+        axes[0].set_ylabel("online MSE" if lower_is_better(summary) else "online accuracy (%)")
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(5, len(labels)))
         return fig
@@ -686,7 +691,7 @@ class StreamProtocol(EvaluationProtocol):
                 ax.bar(x + offset, part[col], 0.4, yerr=part[f"{col}_ci95"], capsize=2, color=colour, label=label)
             ax.set_xticks(x, ["\n".join(n.rsplit(" ", 1)) for n in part["name"]], fontsize="small")
             ax.set_title(f"{regime} meta-parameters", fontsize="medium")
-        axes[0].set_ylabel("online MSE" if self._is_mse(summary) else "online accuracy (%)")
+        axes[0].set_ylabel("online MSE" if lower_is_better(summary) else "online accuracy (%)")
         axes[0].legend(fontsize="small")
         return fig
 
