@@ -64,7 +64,7 @@ def reproduce(session: nox.Session) -> None:
 # The committed report: regenerated from the committed runs (no training, no data needed).
 REPORT_INPUTS = ["results/omniglot-vinyals-5w1s-quick", "results/time-cpu-maml-vs-peers",
                  "results/omniglot-vinyals-5w1s-quick-active", "results/omniglot-vinyals-5w1s-quick-interactive",
-                 "results/omniglot-vinyals-5w1s-quick-stream-p0.9",
+                 "results/omniglot-vinyals-5w1s-quick-stream-p0.9", "results/omniglot-vinyals-5w1s-quick-stream-p0.98",
                  "results/sinusoid-k10-quick-stream"]
 
 

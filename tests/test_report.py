@@ -331,7 +331,8 @@ def test_committed_report_numbers_match_the_run_summary(committed: Path) -> None
     assert set(pub["key"]) == {"finn2017", "nichol2018", "snell2017", "vinyals2016"}
 
 
-STREAM_RUNS = ("omniglot-vinyals-5w1s-quick-stream-p0.9", "sinusoid-k10-quick-stream")
+STREAM_RUNS = ("omniglot-vinyals-5w1s-quick-stream-p0.9", "omniglot-vinyals-5w1s-quick-stream-p0.98",
+               "sinusoid-k10-quick-stream")
 
 
 def test_committed_report_figures(committed: Path) -> None:
@@ -342,7 +343,7 @@ def test_committed_report_figures(committed: Path) -> None:
                                     "interactive-omniglot-vinyals-5w1s-quick-interactive-latency",
                                     *(f"stream-{run}-{figure}" for run in STREAM_RUNS
                                       for figure in ("rolling", "recovery", "returns"))}
-    assert [r["protocol"] for r in meta["protocol_runs"]] == ["active", "interactive", "stream", "stream"]
+    assert [r["protocol"] for r in meta["protocol_runs"]] == ["active", "interactive", "stream", "stream", "stream"]
     two_rows = {"active-omniglot-vinyals-5w1s-quick-active", "interactive-omniglot-vinyals-5w1s-quick-interactive",
                 *(f"stream-{run}-rolling" for run in STREAM_RUNS)}  # stream: one panel per regime
     assert set(meta["skipped_figures"]) == {"time_vs_meta_batch", "cpu_vs_gpu"}

@@ -296,7 +296,8 @@ def test_sinusoid_stream_run(tmp_path: Path, capsys) -> None:
 # ----------------------------------------------------------------------------- committed runs
 
 REPO = Path(__file__).resolve().parents[1]
-COMMITTED = ["omniglot-vinyals-5w1s-quick-stream-p0.9", "omniglot-vinyals-5w1s-quick-stream", "sinusoid-k10-quick-stream"]
+COMMITTED = ["omniglot-vinyals-5w1s-quick-stream-p0.9", "omniglot-vinyals-5w1s-quick-stream", "sinusoid-k10-quick-stream",
+             "omniglot-vinyals-5w1s-quick-stream-p0.98"]
 
 
 def committed(run: str, data_root: Path):
