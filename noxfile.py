@@ -27,8 +27,8 @@ def _install(session: nox.Session, extras: str = "") -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite (the README's test command)."""
-    _install(session, "[test]")
+    """Run the test suite (the README's test command), with the sweep engines' extras as in CI."""
+    _install(session, "[test,ray,slurm]")
     session.run("python", "-m", "pytest", *session.posargs, env={"METABENCH_DATA": DATA})
 
 

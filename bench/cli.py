@@ -20,25 +20,9 @@ from typing import Any
 
 from metabench import __version__, data
 from metabench.algorithms import LEARNERS
-from metabench.config import BUDGETS, load_toml, resolve
+from metabench.config import BUDGETS, load_toml, parse_sets, resolve
 from metabench.datasets import DATASETS
 from metabench.errors import ConfigError, MetabenchError
-
-
-def _parse_set(items: Sequence[str]) -> dict[str, dict[str, str]]:
-    """``["maml.inner_lr=0.1", ...]`` -> ``{"maml": {"inner_lr": "0.1"}}``.
-
-    Raises:
-        ConfigError: for an item not of the form ``learner.name=value``.
-    """
-    out: dict[str, dict[str, str]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        learner, dot, name = key.partition(".")
-        if not sep or not dot or not learner or not name:
-            raise ConfigError(f"--set {item!r} is not of the form learner.hyperparameter=value (e.g. maml.inner_lr=0.1)")
-        out.setdefault(learner.strip(), {})[name.strip()] = value.strip()
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,9 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "`metabench run` and `metabench time` directories. Runs of the same setting must share their "
                     "test episodes; their learners are compared episode by episode.",
     )
-    r.add_argument("dirs", nargs="+", metavar="RUN_DIR", help="run or timing directory (any number, any mix)")
+    r.add_argument("dirs", nargs="+", metavar="RUN_DIR", help="run, timing or sweep directory (any number, any mix; "
+                                                             "a sweep contributes its done cells and lists the others)")
     r.add_argument("--out", help="report folder to create (default: report)")
     r.add_argument("--force", action="store_true", help="replace --out if it is an existing metabench report")
+
+    add_sweep_arguments(sub)
 
     d = sub.add_parser(
         "data", help="list, download and verify datasets",
@@ -154,6 +141,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_arguments(d)
     return parser
+
+
+def add_sweep_arguments(sub: Any) -> None:
+    """``metabench sweep plan|run|status`` (:mod:`metabench.sweeps`)."""
+    s = sub.add_parser(
+        "sweep", help="a grid of runs (learners x settings x seeds) from a sweep file, on this machine, Ray or Slurm",
+        description="Expand a sweep file (TOML) into cells, each an ordinary run in its own folder of the sweep "
+                    "directory; run those not done with an engine; show where they stand. See the README.",
+    )
+    ss = s.add_subparsers(dest="sweep_command", required=True)
+    p = ss.add_parser("plan", help="print the cells and their estimated cost, checking every cell",
+                      description="Print the cells of FILE with their meta-iterations and, measured on this machine, "
+                                  "their estimated time; refuse an invalid cell before anything runs.")
+    p.add_argument("file", metavar="FILE", help="sweep file (TOML), e.g. sweeps/smoke.toml")
+    p.add_argument("--no-measure", dest="measure", action="store_false",
+                   help="do not measure (no data needed): cells and meta-iterations only")
+    r = ss.add_parser("run", help="run the cells that are not done (resumes a killed sweep)",
+                      description="Run the pending and interrupted cells of FILE (into --out) or of the sweep "
+                                  "directory DIR; done cells are skipped, interrupted ones resume from their checkpoints.")
+    r.add_argument("target", metavar="FILE|DIR", help="sweep file, or the sweep directory to continue")
+    r.add_argument("--out", help="sweep directory (default runs/sweep-<name>; a DIR runs in place)")
+    r.add_argument("--engine", default="local", help="local (default), ray or slurm (submitit)")
+    r.add_argument("--jobs", type=int, help="local: cells at once (default: CPU cores / [resources] cpus)")
+    r.add_argument("--address", help="ray: the cluster's address (host:port, ray://host:port or auto; default: "
+                                     "start Ray on this machine)")
+    r.add_argument("--cluster", default="slurm", choices=("slurm", "local"),
+                   help="slurm: submitit's executor (default slurm; local runs the Slurm engine's code path here)")
+    r.add_argument("--retry-failed", action="store_true", help="also rerun the cells whose last attempt failed")
+    r.add_argument("--data-root", help="data root for every cell (default: each worker's $METABENCH_DATA)")
+    st = ss.add_parser("status", help="counts of done, running, interrupted, failed and pending cells",
+                       description="Show how many cells of sweep directory DIR are in each state, and the cells not done.")
+    st.add_argument("dir", metavar="DIR", help="a sweep directory")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """The ``sweep`` command; returns the exit status (1 when cells are left not done)."""
+    from pathlib import Path
+
+    from metabench import sweeps
+    from metabench.sweeps import spec, state
+
+    if args.sweep_command == "plan":
+        sweep = spec.load(args.file)
+        cells = spec.expand(sweep)
+        print(sweeps.plan_text(sweep, cells, args.measure, lambda text: print(text, file=sys.stderr)))
+        return 0
+    if args.sweep_command == "status":
+        out = Path(args.dir)
+        print(sweeps.status_text(state.statuses(out), out))
+        return 0
+    result = sweeps.run_sweep(args.target, Path(args.out) if args.out else None, args.engine, args.jobs, args.address,
+                              args.cluster, args.retry_failed, args.data_root)
+    print(sweeps.status_text(result.cells, result.out))
+    return 0 if all(c.state == "done" for c in result.cells) else 1
 
 
 #: Flags of the evaluation protocols' settings: flag destination -> (protocol, settings field).
@@ -333,7 +374,7 @@ def run_values(args: argparse.Namespace) -> dict[str, Any]:
             values[key] = value
     if args.sets:
         hparams = {k: dict(v) for k, v in values.get("hparams", {}).items()}
-        for learner, items in _parse_set(args.sets).items():
+        for learner, items in parse_sets(args.sets).items():
             hparams.setdefault(learner, {}).update(items)
         values["hparams"] = hparams
     flags = protocol_values(args, values.get("protocol"))
@@ -381,6 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             out = report(args.dirs, Path(args.out) if args.out else None, force=args.force)
             print(f"report: {out / 'index.md'}")
+        elif args.command == "sweep":
+            return _sweep(args)
         elif args.command == "data":
             data.main(args)
         return 0
@@ -389,7 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         work = getattr(exc, "work", None)
-        if work is not None:
+        if args.command == "sweep":
+            print("metabench: sweep interrupted; its cells keep their checkpoints: rerun the same `metabench sweep run` "
+                  "to resume", file=sys.stderr)
+        elif work is not None:
             print(f"metabench: interrupted; checkpoints kept in {work}: resume with `metabench run --resume {work}` "
                   f"(or delete it)", file=sys.stderr)
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,6 +233,22 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path} ({exc.strerror}): check the --config path") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML ({exc}): fix the file") from None
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``["maml.inner_lr=0.1", ...]`` (``--set`` items) -> ``{"maml": {"inner_lr": "0.1"}}``.
+
+    Raises:
+        ConfigError: for an item not of the form ``learner.name=value``.
+    """
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        learner, dot, name = key.partition(".")
+        if not sep or not dot or not learner or not name:
+            raise ConfigError(f"--set {item!r} is not of the form learner.hyperparameter=value (e.g. maml.inner_lr=0.1)")
+        out.setdefault(learner.strip(), {})[name.strip()] = value.strip()
+    return out
 
 
 def _int(key: str, value: Any) -> int:

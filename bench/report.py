@@ -23,6 +23,8 @@ twice gives identical files.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -106,19 +108,24 @@ def combine_runs(runs: Sequence[AccuracyRun]) -> list[SettingResult]:
     out = []
     for setting in ordered:
         members = groups[setting]
-        base, seen = members[0], {name: members[0] for name in members[0].learners}
-        for other in members[1:]:
+        base, seen = members[0], {}
+        for other in members:
             if other.fingerprint != base.fingerprint:
                 raise ReportError(
                     f"{base.path} and {other.path} are both {setting.title} but were tested on different episodes "
                     f"(fingerprints {base.fingerprint[:16]} and {other.fingerprint[:16]}: different --episode-seed, "
                     "--queries or --test-episodes), so their learners cannot be paired: report them separately or "
                     "rerun one with the other's episode settings")
-            for name in other.learners:
-                if name in seen:
-                    raise ReportError(f"learner {name} is in both {seen[name].path} and {other.path} "
+            for name, seed in other.episodes[["learner", "seed"]].drop_duplicates().itertuples(index=False):
+                if (name, seed) in seen:
+                    raise ReportError(f"learner {name} seed {seed} is in both {seen[name, seed].path} and {other.path} "
                                       f"({setting.title}): report them separately or leave one out")
-                seen[name] = other
+                for (name_b, _), run_b in seen.items():
+                    diff = _learner_differences(run_b.config, other.config, name) if name_b == name else []
+                    if diff:
+                        raise ReportError(f"learner {name} was trained differently in {run_b.path} and {other.path} "
+                                          f"({'; '.join(diff)}), so its seeds cannot be pooled: report them separately")
+                seen[name, seed] = other
         episodes = pd.concat([r.episodes for r in members], ignore_index=True)
         try:
             per_episode = per_episode_means(episodes)
@@ -126,10 +133,7 @@ def combine_runs(runs: Sequence[AccuracyRun]) -> list[SettingResult]:
             raise ReportError(f"{setting.title}: {exc} (runs {', '.join(str(r.path) for r in members)}): "
                               "rerun them with the same --test-episodes") from None
         summary = accuracy_summary(episodes)
-        costs = pd.concat([r.summary.assign(run=str(r.path)) for r in members], ignore_index=True)
-        costs = costs.drop_duplicates("learner")[["learner", "name", "meta_iterations", "meta_train_s",
-                                                  "test_ms_per_episode", "run"]]
-        summary = summary.merge(costs, on="learner", how="left")
+        summary = summary.merge(_costs(members), on="learner", how="left")
         comparisons = pairwise_comparisons(per_episode, ALPHA) if per_episode.shape[0] >= 2 else pd.DataFrame()
         curves = pd.concat([r.curves for r in members if len(r.curves)], ignore_index=True) \
             if any(len(r.curves) for r in members) else pd.DataFrame(columns=members[0].curves.columns)
@@ -139,6 +143,48 @@ def combine_runs(runs: Sequence[AccuracyRun]) -> list[SettingResult]:
         out.append(SettingResult(setting, tuple(members), episodes, per_episode, summary, comparisons, curves,
                                  members[0].fingerprint, queries))
     return out
+
+
+#: Keys of a run's ``config.json`` that decide how a learner was trained (besides its seed): a
+#: learner's seeds from several runs are pooled only when they agree. The per-learner tables are
+#: compared at the learner's entry.
+TRAINING_KEYS = ("budget", "image_size", "patience", "keep_best", "val_episodes", "curve_points")
+PER_LEARNER_KEYS = ("iterations", "validate_every", "hparams")
+
+
+def _learner_differences(a: dict[str, Any], b: dict[str, Any], learner: str) -> list[str]:
+    """``key: a -> b`` for each training setting of ``learner`` that differs between two runs'
+    configurations (keys a run lacks are not compared)."""
+    out = [f"{k}: {a[k]} -> {b[k]}" for k in TRAINING_KEYS if k in a and k in b and a[k] != b[k]]
+    for k in PER_LEARNER_KEYS:
+        x, y = ((c.get(k) or {}).get(learner) if isinstance(c.get(k) or {}, dict) else None for c in (a, b))
+        if (x or None) != (y or None):  # an empty override table is no override
+            out.append(f"{k}.{learner}: {x} -> {y}")
+    return out
+
+
+def _costs(members: Sequence[AccuracyRun]) -> pd.DataFrame:
+    """Per learner: ``name``, and the runs' ``meta_iterations``, ``meta_train_s`` and
+    ``test_ms_per_episode`` averaged over its seeds (a learner's seeds may sit in several runs,
+    as in a sweep, each run's summary holding the mean over its own seeds), with ``run``: the
+    runs, joined by ``; ``."""
+    parts = []
+    for r in members:
+        seeds = r.episodes.groupby("learner")["seed"].nunique().rename("n_seeds").reset_index()
+        parts.append(r.summary.merge(seeds, on="learner").assign(run=str(r.path)))
+    frame = pd.concat(parts, ignore_index=True)
+    rows = []
+    columns = ("meta_iterations", "meta_train_s", "test_ms_per_episode")
+    for learner, g in frame.groupby("learner", sort=False):
+        if len(g) == 1:
+            values = {c: g[c].iloc[0] for c in columns}  # one run: its numbers as they are
+        else:
+            w = g["n_seeds"] / g["n_seeds"].sum()
+            values = {c: float((g[c] * w).sum()) for c in columns}
+            if float(values["meta_iterations"]).is_integer():
+                values["meta_iterations"] = int(values["meta_iterations"])
+        rows.append({"learner": learner, "name": g["name"].iloc[0], **values, "run": "; ".join(g["run"])})
+    return pd.DataFrame(rows)
 
 
 def combine_timings(timings: Sequence[TimingRun]) -> pd.DataFrame:
@@ -293,7 +339,7 @@ def accuracy_tables(results: Sequence[SettingResult], published: pd.DataFrame) -
             groups[-1] = (title, groups[-1][1] + 1)
         else:
             groups.append((title, 1))
-    header = ("Learner", *[f"{s.ways}-way {s.shots}-shot" for s in settings])
+    header = ("Learner", *[s.column for s in settings])
     table = Table(header=header, rows=tuple(rows), align="l" + "r" * len(settings),
                   caption=accuracy_caption(results, bool(len(matched)), unverified),
                   caption_tex=accuracy_caption_tex(results, bool(len(matched)), unverified),
@@ -305,7 +351,7 @@ def accuracy_tables(results: Sequence[SettingResult], published: pd.DataFrame) -
 
 def pub_title(s: Setting) -> str:
     """Column-group title of a setting: ``Omniglot (vinyals)``."""
-    return s.title.rsplit(" ", 2)[0]
+    return s.group
 
 
 def matched_published(results: Sequence[SettingResult], published: pd.DataFrame) -> pd.DataFrame:
@@ -654,10 +700,11 @@ METHODS = (
 
 
 def render(results: Sequence[SettingResult], timing: pd.DataFrame, timings: Sequence[TimingRun], folder: Path,
-           inputs: Sequence[str], others: Sequence[ProtocolRun] = ()) -> dict[str, Any]:
+           inputs: Sequence[str], others: Sequence[ProtocolRun] = (), sweeps: Sequence[SweepInput] = ()) -> dict[str, Any]:
     """Write every table, figure, ``index.md`` and ``report.json`` into ``folder``; runs of
     evaluation protocols other than the episodic one (``others``) get their protocol's section
-    (:meth:`metabench.protocols.EvaluationProtocol.report`).
+    (:meth:`metabench.protocols.EvaluationProtocol.report`); sweeps (``sweeps``) a section on
+    their cells, listing those not in the report.
 
     Returns:
         The ``report.json`` content.
@@ -671,7 +718,7 @@ def render(results: Sequence[SettingResult], timing: pd.DataFrame, timings: Sequ
     published = pub.load_published()
     md: list[str] = ["# metabench report", "", "Inputs:", "", *_inputs_markdown(results, timings),
                      *(f"- `{r.path}`: {r.protocol} protocol, {r.config.get('test_episodes')} episodes, fingerprint "
-                       f"`{str(r.meta.get('fingerprint'))[:16]}`" for r in others), ""]
+                       f"`{str(r.meta.get('fingerprint'))[:16]}`" for r in others), "", *sweep_markdown(sweeps)]
     written: list[str] = []
 
     def put(name: str, text: str) -> None:
@@ -691,8 +738,8 @@ def render(results: Sequence[SettingResult], timing: pd.DataFrame, timings: Sequ
                 paths = style.save(fig, figs, result.name)
             result.files = [str(p.relative_to(folder)) for p in paths]
         figures_done[result.name] = result
-    counter = iter(range(1, 100))
-    table_no = iter(range(1, 100))
+    counter = itertools.count(1)
+    table_no = itertools.count(1)
 
     def figure_md(name: str) -> list[str]:
         f = figures_done[name]
@@ -783,6 +830,10 @@ def render(results: Sequence[SettingResult], timing: pd.DataFrame, timings: Sequ
     if others:
         meta["protocol_runs"] = [{"run": str(r.path), "protocol": r.protocol, "fingerprint": r.meta.get("fingerprint")}
                                  for r in others]
+    if sweeps:
+        meta["sweeps"] = [{"sweep": str(sw.path), "name": sw.name, "cells": len(sw.cells),
+                           "states": {c.name: c.state for c in sw.cells},
+                           "left_out": dict(sw.left_out)} for sw in sweeps]
     (folder / "report.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
@@ -824,6 +875,76 @@ def _by_protocol(runs: Sequence[ProtocolRun]) -> dict[str, list[ProtocolRun]]:
     return groups
 
 
+@dataclass(frozen=True)
+class SweepInput:
+    """A sweep directory given to ``metabench report``: its done cells are reported as runs, the
+    others listed.
+
+    Attributes:
+        path: the sweep directory. name: the sweep's name.
+        cells: every cell with its state (:func:`metabench.sweeps.state.statuses`).
+        left_out: ``(cell name, why)`` for done cells a report cannot show (regression runs).
+    """
+
+    path: Path
+    name: str
+    cells: tuple[Any, ...]
+    left_out: tuple[tuple[str, str], ...]
+
+
+def expand_sweeps(paths: Sequence[str | Path]) -> tuple[list[str | Path], list[SweepInput], dict[Path, tuple[str, str]]]:
+    """Replace each sweep directory among ``paths`` by the run directories of its done cells.
+
+    Returns:
+        ``(paths, sweeps, cells)``: the inputs with sweeps expanded (in order), the sweeps, and for
+        each expanded run (by resolved path) its cell's name and variant
+        (:attr:`metabench.results.Setting.variant`).
+
+    Raises:
+        ConfigError: a sweep directory whose ``sweep.json`` or a ``cell.json`` is unreadable.
+    """
+    from metabench.sweeps import state
+
+    out: list[str | Path] = []
+    sweeps: list[SweepInput] = []
+    cells_of: dict[Path, tuple[str, str]] = {}
+    for raw in paths:
+        path = Path(raw)
+        if not state.is_sweep(path):
+            out.append(raw)
+            continue
+        cells = state.statuses(path)
+        for c in cells:
+            if c.state == "done":
+                out.append(c.folder / "run")
+                cells_of[(c.folder / "run").resolve()] = (c.name, c.variant)
+        sweeps.append(SweepInput(path, state.read_sweep(path)["name"], tuple(cells), ()))
+    return out, sweeps, cells_of
+
+
+def sweep_markdown(sweeps: Sequence[SweepInput]) -> list[str]:
+    """The ``index.md`` lines on the sweeps: cells done of all, and those missing, failed or left out."""
+    from metabench.sweeps import state
+
+    md = []
+    for sw in sweeps:
+        counts = state.counts(sw.cells)
+        done = counts["done"] - len(sw.left_out)
+        md += [f"## Sweep `{sw.name}`", "",
+               f"`{sw.path}`: {done} of {len(sw.cells)} cells in this report "
+               f"({', '.join(f'{n} {s}' for s, n in counts.items() if n)})."
+               + (" The tables show the finished cells only: the missing ones are listed below." if done < len(sw.cells) else ""),
+               ""]
+        missing = [c for c in sw.cells if c.state != "done"]
+        for c in missing:
+            why = f": {c.error}" if c.state == "failed" else ""
+            md.append(f"- missing ({c.state}): `{c.name}`{why}")
+        md += [f"- left out: `{name}`: {why}" for name, why in sw.left_out]
+        if missing or sw.left_out:
+            md.append("")
+    return md
+
+
 def default_out() -> Path:
     """The default output folder: ``report`` in the current directory."""
     return Path("report")
@@ -855,13 +976,24 @@ def report(paths: Sequence[str | Path], out: Path | None = None, force: bool = F
             raise ReportError(f"{out} exists and is not a metabench report (no report.json): --force only replaces a "
                               "report; choose another --out")
     check_writable(out, "report folder", replace=force)
-    runs, timings, others = read_inputs(paths)
     target = out.resolve()
     for p in paths:
         if Path(p).resolve() == target or target in Path(p).resolve().parents:
             raise ReportError(f"--out {out} would replace the input {p}: choose another --out")
+    expanded, sweeps, cells_of = expand_sweeps(paths)
+    runs, timings, others = read_inputs(expanded) if expanded or not sweeps else ([], [], [])
+    runs = [dataclasses.replace(r, setting=dataclasses.replace(r.setting, variant=cells_of[r.path.resolve()][1]))
+            if r.path.resolve() in cells_of else r for r in runs]
+    others = [dataclasses.replace(r, name=cells_of[r.path.resolve()][0]) if r.path.resolve() in cells_of else r
+              for r in others]
+    labels: dict[str, Path] = {}
+    for r in others:  # a protocol run's files are named after it
+        if r.label in labels:
+            raise ReportError(f"{labels[r.label]} and {r.path} would both be reported as {r.label!r}: report them "
+                              "separately, or rename one folder")
+        labels[r.label] = r.path
     results = combine_runs(runs)
     timing = combine_timings(timings)
-    write_atomically(out, lambda folder: render(results, timing, timings, folder, [str(p) for p in paths], others),
-                     "report folder", replace=force)
+    write_atomically(out, lambda folder: render(results, timing, timings, folder, [str(p) for p in paths], others,
+                                                sweeps), "report folder", replace=force)
     return out

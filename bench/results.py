@@ -15,6 +15,7 @@ no torch import.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,22 +41,37 @@ class Setting:
 
     Attributes:
         dataset: e.g. ``omniglot``. split: e.g. ``vinyals``. ways: N. shots: K.
+        variant: what else sets the column apart, for cells of a sweep that differ in more than
+            the setting (e.g. ``budget=quick``); ``""`` for a plain run.
     """
 
     dataset: str
     split: str
     ways: int
     shots: int
+    variant: str = ""
+
+    @property
+    def group(self) -> str:
+        """``Omniglot (vinyals)``: the heading over a table's columns of one dataset and split."""
+        return f"{DATASET_TITLES.get(self.dataset, self.dataset)} ({self.split})"
+
+    @property
+    def column(self) -> str:
+        """``5-way 1-shot`` (with the variant in parentheses, if any): a table's column header."""
+        return f"{self.ways}-way {self.shots}-shot" + (f" ({self.variant})" if self.variant else "")
 
     @property
     def title(self) -> str:
-        """``Omniglot (vinyals) 5-way 1-shot``."""
-        return f"{DATASET_TITLES.get(self.dataset, self.dataset)} ({self.split}) {self.ways}-way {self.shots}-shot"
+        """``Omniglot (vinyals) 5-way 1-shot`` (with the variant in parentheses, if any)."""
+        return f"{self.group} {self.column}"
 
     @property
     def short(self) -> str:
-        """``omniglot-vinyals-5w1s``: used in file names and CSV column names."""
-        return f"{self.dataset}-{self.split}-{self.ways}w{self.shots}s"
+        """``omniglot-vinyals-5w1s`` (then the variant, made safe): used in file names and CSV
+        column names."""
+        base = f"{self.dataset}-{self.split}-{self.ways}w{self.shots}s"
+        return base + ("-" + re.sub(r"[^A-Za-z0-9.=_-]+", "_", self.variant).strip("_") if self.variant else "")
 
 
 @dataclass(frozen=True)
@@ -262,6 +278,7 @@ class ProtocolRun:
         config: ``config.json``; meta: ``run.json``.
         summary: ``summary.csv`` (the protocol's columns).
         episodes: ``episodes.csv`` (the protocol's rows).
+        name: what the report calls it (``""``: the folder's name; see :attr:`label`).
     """
 
     path: Path
@@ -270,6 +287,13 @@ class ProtocolRun:
     meta: dict[str, Any]
     summary: pd.DataFrame
     episodes: pd.DataFrame
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        """How the report names the run (its sections' headings and file names): ``name`` (a
+        sweep cell's name) or the folder's name."""
+        return self.name or self.path.name
 
 
 #: Protocols whose runs are read as :class:`AccuracyRun` (the rest as :class:`ProtocolRun`).

@@ -517,9 +517,45 @@ def test_runs_of_one_setting_with_different_episodes_are_refused(tmp_path: Path)
     with pytest.raises(ReportError, match="tested on different episodes .*fingerprints abababab"):
         report.report([a, b], tmp_path / "rep")
     c = make_run(tmp_path / "c", learners=("maml",))
-    with pytest.raises(ReportError, match="learner maml is in both"):
+    with pytest.raises(ReportError, match="learner maml seed 0 is in both"):
         report.report([a, c], tmp_path / "rep")
     assert not (tmp_path / "rep").exists()
+
+
+def test_a_learners_seeds_trained_differently_are_not_pooled(tmp_path: Path) -> None:
+    a = make_run(tmp_path / "a", learners=("maml",), seeds=(0,))
+    b = make_run(tmp_path / "b", learners=("maml",), seeds=(1,))
+    config = json.loads((b / "config.json").read_text())
+    (b / "config.json").write_text(json.dumps({**config, "budget": "paper"}))
+    with pytest.raises(ReportError, match=r"learner maml was trained differently in .*a and .*b \(budget: quick -> "
+                                          r"paper\), so its seeds cannot be pooled"):
+        report.report([a, b], tmp_path / "rep")
+    (b / "config.json").write_text(json.dumps({**config, "hparams": {"maml": {"inner_lr": 0.1}}}))
+    with pytest.raises(ReportError, match=r"hparams.maml: None -> \{'inner_lr': 0.1\}"):
+        report.report([a, b], tmp_path / "rep")
+    (b / "config.json").write_text(json.dumps({**config, "hparams": {"protonet": {"train_ways": 20}}}))
+    report.report([a, b], tmp_path / "rep")  # another learner's override is not maml's
+    assert not list(tmp_path.glob(".rep*"))
+
+
+def test_a_learners_seeds_from_several_runs_are_aggregated_as_one_run_of_them(tmp_path: Path) -> None:
+    """Seeds of a learner kept in separate runs of one setting (as a sweep keeps them, one cell per
+    learner x seed) give the numbers of one run holding every seed: seeds averaged per episode."""
+    both = make_run(tmp_path / "both", learners=("maml", "protonet"), seeds=(0, 1))
+    ep = pd.read_csv(both / "episodes.csv")
+    parts = []
+    for seed in (0, 1):
+        part = make_run(tmp_path / f"s{seed}", learners=("maml", "protonet"), seeds=(seed,))
+        ep[ep["seed"] == seed].to_csv(part / "episodes.csv", index=False)
+        parts.append(part)
+    report.report([both], tmp_path / "one")
+    report.report(parts, tmp_path / "two")
+    one = pd.read_csv(tmp_path / "one" / "tables" / "accuracy_long.csv").drop(columns=["run"])
+    two = pd.read_csv(tmp_path / "two" / "tables" / "accuracy_long.csv").drop(columns=["run"])
+    pd.testing.assert_frame_equal(one, two)
+    assert set(one.loc[one["source"] == "metabench", "seeds"]) == {2}
+    assert (tmp_path / "one" / "tables" / "comparisons.csv").read_text() == \
+        (tmp_path / "two" / "tables" / "comparisons.csv").read_text()
 
 
 def test_malformed_files_are_named(tmp_path: Path) -> None:

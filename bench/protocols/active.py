@@ -449,12 +449,12 @@ class Active(EvaluationProtocol):
         for run in runs:
             config = SimpleNamespace(**run.config)
             own = type(self)(type(self).make_settings(run.config.get("protocol_settings", {})))  # the run's settings
-            stem = f"active-{run.path.name}"
+            stem = f"active-{run.label}"
             table = own.table(run.summary, own.caption(config))
-            md += [f"### {run.path.name}: {where_title(config)}, {config.ways}-way", ""]
+            md += [f"### {run.label}: {where_title(config)}, {config.ways}-way", ""]
             md += out.table(stem, table, run.summary)
             md += out.figure(stem, lambda summary=run.summary, own=own: own.figure(summary),
-                             f"Query accuracy against labels held ({run.path.name}), one panel per learner; bands: 95% "
+                             f"Query accuracy against labels held ({run.label}), one panel per learner; bands: 95% "
                              f"confidence intervals over the {config.test_episodes} episodes. Random is the baseline; "
                              f"balanced is a standard K-shot episode.")
         return md

@@ -384,15 +384,15 @@ class Interactive(EvaluationProtocol):
         for run in runs:
             config = SimpleNamespace(**run.config)
             own = type(self)(type(self).make_settings(run.config.get("protocol_settings", {})))  # the run's settings
-            stem = f"interactive-{run.path.name}"
-            md += [f"### {run.path.name}: {where_title(config)}, {config.ways}-way", ""]
+            stem = f"interactive-{run.label}"
+            md += [f"### {run.label}: {where_title(config)}, {config.ways}-way", ""]
             md += out.table(stem, own.table(run.summary, own.caption(config)), run.summary)
             md += out.figure(stem, lambda summary=run.summary, own=own: own.figure(summary),
                              f"Accuracy the person sees (top) and the corrections made so far (bottom) against the "
-                             f"round ({run.path.name}), per annotator error rate ε; means over "
+                             f"round ({run.label}), per annotator error rate ε; means over "
                              f"{config.test_episodes} streams.")
             md += out.figure(f"{stem}-latency", lambda episodes=run.episodes, own=own: own.latency_figure(episodes),
-                             f"Latency from the person's feedback to the updated model's predictions ({run.path.name}): "
+                             f"Latency from the person's feedback to the updated model's predictions ({run.label}): "
                              f"the learner's call (adaptation and one forward), over every round and stream; box: "
                              f"quartiles, whiskers: 5th to 95th percentile; round 0, shared by the error rates, counted "
                              f"once; run with {run.config.get('workers')} worker processes sharing torch's threads.")

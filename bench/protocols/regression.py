@@ -147,15 +147,15 @@ class Regression(Episodic):
         md = ["## Regression", ""]
         for run in runs:
             c = run.config
-            stem = f"regression-{run.path.name}"
+            stem = f"regression-{run.label}"
             caption = (f"Mean query MSE (± the 95% confidence interval over {c.get('test_episodes')} test tasks, "
                        f"{c.get('queries')} query points each) after 0, 1, 5 and 10 test-time gradient steps on "
                        f"K = {c.get('shots')} support points, {c.get('dataset')} ({c.get('split')}), budget "
                        f"`{c.get('budget')}`; median over the tasks after {REGRESSION_STEPS[-1]} steps.")
-            md += [f"### {run.path.name}: {c.get('dataset')}, K = {c.get('shots')}", ""]
+            md += [f"### {run.label}: {c.get('dataset')}, K = {c.get('shots')}", ""]
             md += out.table(stem, self.table(run.summary, caption), run.summary)
             md += out.figure(stem, lambda summary=run.summary: self.figure(summary),
-                             f"Query MSE against test-time gradient steps ({run.path.name}); bars: 95% confidence "
+                             f"Query MSE against test-time gradient steps ({run.label}); bars: 95% confidence "
                              f"intervals over the test tasks; log scale; learners with a diverged task are in the table only.")
         return md
 

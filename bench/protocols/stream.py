@@ -702,17 +702,17 @@ class StreamProtocol(EvaluationProtocol):
         for run in runs:
             config = SimpleNamespace(**run.config)
             own = type(self)(type(self).make_settings(run.config.get("protocol_settings", {})))  # the run's settings
-            stem = f"stream-{run.path.name}"
-            md += [f"### {run.path.name}: {own.setting(config)}", ""]
+            stem = f"stream-{run.label}"
+            md += [f"### {run.label}: {own.setting(config)}", ""]
             md += out.table(stem, own.table(run.summary, own.caption(config)), run.summary)
             md += out.figure(f"{stem}-rolling", lambda e=run.episodes, own=own: own.rolling_figure(e),
-                             f"Online score along stream 0 of {run.path.name} (rolling mean over 20 steps), per regime; "
+                             f"Online score along stream 0 of {run.label} (rolling mean over 20 steps), per regime; "
                              f"dotted: task changes; orange: out-of-distribution visits; green: returning tasks.")
             md += out.figure(f"{stem}-recovery", lambda s=run.summary, own=own: own.recovery_figure(s),
-                             f"Recovery after a task change ({run.path.name}): mean online score d steps after the change, "
+                             f"Recovery after a task change ({run.label}): mean online score d steps after the change, "
                              f"over every change of {config.test_episodes} streams.")
             md += out.figure(f"{stem}-returns", lambda s=run.summary, own=own: own.returns_figure(s),
-                             f"Tasks that come back ({run.path.name}): mean online score on their first visit and on their "
+                             f"Tasks that come back ({run.label}): mean online score on their first visit and on their "
                              f"returns, ± 95% intervals over streams.")
         return md
 
