@@ -1,4 +1,4 @@
-"""nox sessions for metabench: ``tests`` (default), ``lint``, ``demo``, ``reproduce``, ``perf``, ``peers``, ``report``.
+"""nox sessions for metabench: ``tests`` (default), ``lint``, ``docs``, ``demo``, ``reproduce``, ``perf``, ``peers``, ``report``.
 
 Every session installs ``torch==2.13.0`` first and the project with ``-c constraints.txt``, so no
 dependency can replace it with another (CUDA) build. Data: sessions pass ``METABENCH_DATA``
@@ -36,7 +36,15 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Static checks with ruff."""
     session.install("ruff")
-    session.run("ruff", "check", "bench", "algorithms", "datasets", "tests", "noxfile.py")
+    session.run("ruff", "check", "bench", "algorithms", "datasets", "tests", "noxfile.py", "docs/hooks.py")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (docs/, with the API reference from the docstrings) into
+    site/ with ``mkdocs build --strict``: a broken page, reference or docstring fails it."""
+    _install(session, "[docs]")
+    session.run("mkdocs", "build", "--strict", *session.posargs)
 
 
 @nox.session

@@ -116,7 +116,7 @@ class MAML(MetaLearner):
     REGRESSION_DEFAULTS: ClassVar[dict[str, Any]] = _SINUSOID
     #: ``paper``: Finn et al.'s released Omniglot runs take 60,000 meta-iterations (the
     #: ``metatrain_iterations`` of the README's commands), the sinusoid runs 70,000. ``quick``:
-    #: sized for the quick budget's 15 minutes on 2 CPU cores (README).
+    #: sized for the quick budget's 15 minutes on 2 CPU cores (docs/results.md).
     ITERATIONS: ClassVar[dict[str, int]] = {"quick": 220, "paper": 60000}
     REGRESSION_ITERATIONS: ClassVar[dict[str, int]] = {"quick": 6000, "paper": 70000}
     #: When training to convergence: about 6 minutes of training on 2 CPU cores (0.34-0.39 s per

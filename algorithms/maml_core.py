@@ -51,7 +51,7 @@ fused backward pass that never builds the full-size pooling gradient).
 wrong second-order meta-gradients on torch 2.13 (the tests catch the difference).
 
 Measured choices (2-core CPU, Conv4, 5-way 1-shot, 15 queries per class, meta-batch 16): see
-:func:`choose_path`, :func:`choose_layout` and the README's timing table.
+:func:`choose_path`, :func:`choose_layout` and the timing table of docs/timing.md.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def choose_path(backbone: Backbone, device: torch.device, images_per_task: int |
     queries per class and meta-batch 16 (80 images per task), ``per_task`` has the lowest peak
     memory of all paths and was as fast as ``chunked`` at 1 inner step and faster at 5
     (single-process interleaved runs: 0.71x and 0.73-0.80x learn2learn's time for ``per_task``,
-    0.70x and 0.75-0.86x for ``chunked``); the README's timing table is the committed
+    0.70x and 0.75-0.86x for ``chunked``); the timing table of docs/timing.md is the committed
     measurement. At MAML's *training* shape, 5-way 1-shot with 1 query per class and meta-batch
     32 (10 images per task; 15 interleaved repetitions in one process), small per-task batches
     leave the kernels' per-call cost unpaid: second-order MAML took 348 ms per step with

@@ -311,7 +311,7 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any], learner: str) -> 
         ConfigError: for an unknown hyperparameter name, a value of the wrong type or out of range.
     """
     if not isinstance(overrides, Mapping):
-        raise ConfigError(f"hyperparameters of {learner} must be a table of name = value, got {overrides!r}")
+        raise ConfigError(f"hyperparameters of {learner} must be a table of name = value ([hparams.{learner}] in a TOML file), got {overrides!r}")
     fields = {f.name: f for f in dataclasses.fields(config)}
     changes = {}
     for key, value in overrides.items():

@@ -12,6 +12,7 @@ files are, fetching and checking them (:mod:`metabench.data`). Errors are printe
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--learners", help=f"comma-separated learners: {','.join(LEARNERS)} (default: all defined for the "
                                         "dataset; learners not defined for it are reported, not run)")
     run.add_argument("--budget", choices=list(BUDGETS), help="training budget preset (default quick; converge: train to "
-                                                             "convergence on validation, see the README)")
+                                                             "convergence on validation, see docs/runs.md)")
     run.add_argument("--iterations", type=int, help="meta-iterations for every learner (overrides the budget; with "
                                                     "converge, the most)")
     run.add_argument("--test-episodes", type=int, help="test episodes shared by all learners (default 600)")
@@ -148,7 +149,7 @@ def add_sweep_arguments(sub: Any) -> None:
     s = sub.add_parser(
         "sweep", help="a grid of runs (learners x settings x seeds) from a sweep file, on this machine, Ray or Slurm",
         description="Expand a sweep file (TOML) into cells, each an ordinary run in its own folder of the sweep "
-                    "directory; run those not done with an engine; show where they stand. See the README.",
+                    "directory; run those not done with an engine; show where they stand. See docs/sweeps.md.",
     )
     ss = s.add_subparsers(dest="sweep_command", required=True)
     p = ss.add_parser("plan", help="print the cells and their estimated cost, checking every cell",
@@ -213,7 +214,7 @@ PROTOCOL_FLAGS = {
 
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
     """``--protocol`` and the protocols' settings (see :mod:`metabench.protocols`)."""
-    g = parser.add_argument_group("evaluation protocol", "how the trained learners are tested (see the README)")
+    g = parser.add_argument_group("evaluation protocol", "how the trained learners are tested (see docs/protocols.md)")
     g.add_argument("--protocol", help="episodic (image datasets' default), regression (sinusoid's default), active "
                                       "(active selection of support labels from an unlabelled pool), interactive (a "
                                       "simulated person correcting the model round by round) or stream (online task "
@@ -373,7 +374,11 @@ def run_values(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             values[key] = value
     if args.sets:
-        hparams = {k: dict(v) for k, v in values.get("hparams", {}).items()}
+        table = values.get("hparams", {})
+        if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+            raise ConfigError(f"hparams in {args.config} must be a table of [hparams.<learner>] tables (e.g. "
+                              "[hparams.maml] inner_lr = 0.4), got " + repr(table))
+        hparams = {k: dict(v) for k, v in table.items()}
         for learner, items in parse_sets(args.sets).items():
             hparams.setdefault(learner, {}).update(items)
         values["hparams"] = hparams
@@ -430,6 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MetabenchError as exc:
         print(f"metabench: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`metabench data list | head`): end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit flush cannot fail again
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt as exc:
         work = getattr(exc, "work", None)
         if args.command == "sweep":

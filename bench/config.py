@@ -87,7 +87,7 @@ CONVERGE_PATIENCE = 10
 #: Budget presets for image (classification) datasets. ``quick`` is sized so that all five
 #: learners train and test on 600 episodes in about 12 minutes on 2 CPU cores (at most 14 on any
 #: 2-core x86 machine), its iteration counts chosen on validation accuracy (the sizing run in
-#: ``results/omniglot-vinyals-5w1s-quick-sizing``; see the README). ``paper`` is the papers'
+#: ``results/omniglot-vinyals-5w1s-quick-sizing``; see docs/results.md). ``paper`` is the papers'
 #: schedule (the learners' ``ITERATIONS`` document their counts); ``converge`` trains to
 #: convergence on validation within it.
 BUDGETS: dict[str, Budget] = {
@@ -99,7 +99,7 @@ BUDGETS: dict[str, Budget] = {
 }
 
 #: Budget presets for regression datasets (sinusoid). ``quick`` fits all four regression learners
-#: in a few minutes on 2 CPU cores (the README gives the measured run); ``paper`` is the papers'
+#: in a few minutes on 2 CPU cores (docs/results.md gives the measured run); ``paper`` is the papers'
 #: schedule (see the learners' ``REGRESSION_ITERATIONS``). Validation tasks also tune the
 #: pretrained baseline's fine-tuning step size.
 REGRESSION_BUDGETS: dict[str, Budget] = {

@@ -95,8 +95,8 @@ def paired_comparison(a: np.ndarray | pd.Series | Sequence[float], b: np.ndarray
     """Compare two learners' per-episode results on the same episodes.
 
     Args:
-        a, b: ``[n]`` per-episode values of the two learners, aligned (element ``i`` of both is
-            episode ``i``), e.g. accuracy in percent.
+        a: ``[n]`` per-episode values of the first learner, e.g. accuracy in percent.
+        b: ``[n]`` the second learner's, aligned with ``a`` (element ``i`` of both is episode ``i``).
         names: the learners' names stored in the result.
 
     Returns:

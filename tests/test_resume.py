@@ -44,11 +44,18 @@ def run_cli(*args: str) -> int:
     return cli.main(["run", "--quiet", *args])
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def metabench(*args: str, data_root: Path, cwd: Path) -> subprocess.Popen:
-    """``metabench ARGS`` in a subprocess (its own process, so that it can be killed)."""
+    """``metabench ARGS`` in a subprocess (its own process, so that it can be killed), with
+    SIGINT at its default even when the tests themselves run in the background (shells make
+    background jobs ignore SIGINT, and a Python started so never sees a Ctrl-C)."""
     env = {**os.environ, "METABENCH_DATA": str(data_root)}
     return subprocess.Popen([sys.executable, "-m", "metabench.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)  # noqa: PLW1509 - the tests start no threads
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -152,7 +159,11 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path: Path, d
 
 
 @pytest.mark.slow
-def test_ctrl_c_keeps_checkpoints_says_how_to_resume_and_resume_finishes(tmp_path: Path, data_root: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_keeps_checkpoints_says_how_to_resume_and_resume_finishes(sig: int, tmp_path: Path,
+                                                                         data_root: Path) -> None:
+    """Ctrl-C and SIGTERM (``kill PID``) stop a run the same way: exit status 130, the resume
+    command on stderr, the working folder kept, no run directory; the resume finishes it."""
     args = ["run", "--quiet", *SMALL[:-4], "--learners", "maml,protonet", "--iterations", "40", "--patience", "0",
             "--out", "r"]
     proc = metabench(*args, data_root=data_root, cwd=tmp_path)
@@ -161,7 +172,7 @@ def test_ctrl_c_keeps_checkpoints_says_how_to_resume_and_resume_finishes(tmp_pat
     while not list(work.glob("units/*/last.safetensors")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     assert proc.wait(timeout=60) == 130
     err = proc.stderr.read().strip().splitlines()[-1]
     assert err == ("metabench: interrupted; checkpoints kept in r.incomplete: resume with `metabench run --resume "
@@ -174,6 +185,39 @@ def test_ctrl_c_keeps_checkpoints_says_how_to_resume_and_resume_finishes(tmp_pat
     assert (tmp_path / "r" / "weights" / "maml-seed0.safetensors").is_file() and not work.exists()
     training = json.loads((tmp_path / "r" / "run.json").read_text())["training"]
     assert training["maml-seed0"]["meta_iterations"] == 40
+
+
+@pytest.mark.slow
+def test_a_learner_that_raises_mid_training_leaves_only_a_resumable_working_folder(
+        tmp_path: Path, data_root: Path, monkeypatch, capsys) -> None:
+    """An unexpected error in the middle of a training (a bug, say) propagates with its traceback
+    (exit status 1 from the command line) after one line saying that the working folder is kept
+    and how to resume; no run directory or partial folder is left, and the resume finishes."""
+    from metabench.algorithms.protonet import ProtoNet
+
+    real = ProtoNet.meta_train_step
+    calls = []
+
+    def failing(self, episodes):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("simulated failure in the fourth meta-training step")
+        return real(self, episodes)
+
+    monkeypatch.setattr(ProtoNet, "meta_train_step", failing)
+    out = tmp_path / "r"
+    work = workdir.working_folder(out)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        run_cli(*SMALL, "--learners", "protonet", "--data-root", str(data_root), "--out", str(out))
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"metabench: the run's working folder {work} is kept: resume with `metabench run --resume {work}` once the "
+        "problem is fixed, or delete it")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["r.incomplete"]
+    assert (work / "units" / "protonet-seed0" / "last.safetensors").is_file()
+    monkeypatch.setattr(ProtoNet, "meta_train_step", real)
+    assert run_cli("--resume", str(work)) == 0
+    training = json.loads((out / "run.json").read_text())["training"]["protonet-seed0"]
+    assert training["segments"][0]["to_iteration"] == 3 and len(training["segments"]) == 2
 
 
 def stop_after_first_learner(monkeypatch) -> object:

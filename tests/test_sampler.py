@@ -100,3 +100,18 @@ def test_too_many_ways_or_images(omniglot_vinyals) -> None:
         EpisodeSampler(omniglot_vinyals.test, 5, 10, 11, seed=0)
     with pytest.raises(ConfigError, match="ways >= 2"):
         EpisodeSampler(omniglot_vinyals.test, 1, 1, 1, seed=0)
+
+
+def test_the_fingerprint_follows_the_pools_class_names_and_pixels() -> None:
+    """Equal episode indices on a pool whose class names or pixels differ are other episodes: the
+    fingerprint says so (one renamed class, one changed pixel of one image)."""
+    pool = fake_pool()
+    ids = [EpisodeSampler(pool, 5, 1, 15, seed=3).index(i) for i in range(20)]
+    base = fingerprint(pool, ids)
+    renamed = ClassPool(pool.dataset, pool.base, pool.rotation, (*pool.names[:-1], "c29/rot090"))
+    assert fingerprint(renamed, ids) != base
+    images = pool.dataset.images.copy()
+    images[17, 3, 0, 5, 5] ^= 1
+    repainted = ClassPool(ImageDataset("fake", images, pool.dataset.class_names), pool.base, pool.rotation, pool.names)
+    assert fingerprint(repainted, ids) != base
+    assert fingerprint(ClassPool(pool.dataset, pool.base, pool.rotation, pool.names), ids) == base

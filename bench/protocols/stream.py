@@ -54,7 +54,7 @@ segment at which a change was declared, empty if none).
 
 Defaults (``--stream-steps 1000``, 20 streams, ``--stay 0.9``, the ``frozen`` regime): each learner
 runs 20,000 steps; the ``continual`` regime's meta-updates add about as much again for the metric
-learners and more for MAML (second-order) and Reptile (see the README for measured times);
+learners and more for MAML (second-order) and Reptile (see docs/protocols.md for measured times);
 ``memory`` 5 batches (at 1 example per class per step, the 5-shot setting of the papers);
 mixing (in, out, return) = (0.5, 0.25, 0.25) with ``digits`` as the out-of-distribution domain of
 grey-scale image streams (not when the run tests on digits), else (0.75, 0, 0.25): colour images
