@@ -231,6 +231,10 @@ def test_missing_engines_name_their_extra_and_a_silent_ray_address_is_refused(
         engines.check_address(f"127.0.0.1:{port}", timeout_s=2)
     with pytest.raises(ConfigError, match="is not host:port"):
         engines.check_address("head-node")
+    if importlib.util.find_spec("ray") is not None and not os.environ.get("RAY_ADDRESS"):
+        assert sweep_cli("run", str(SMOKE), "--out", str(tmp_path / "sw"), "--engine", "ray", "--address", "auto") == 2
+        one_line_error("cannot connect to the Ray cluster at auto", "ray start --head")
+        assert not (tmp_path / "sw").exists()  # refused before anything was created
     with pytest.raises(ConfigError, match="--jobs must be at least 1"):
         engines.local_jobs(1, 0, 0)
     assert engines.local_jobs(1, 1) == 1 and engines.local_jobs(1, 0, 3) == 3

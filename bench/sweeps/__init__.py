@@ -131,6 +131,20 @@ def run_sweep(target: str | Path, out: Path | None = None, engine: str = "local"
     cells = spec.expand(sweep)
     if engine == "local" and jobs is not None:
         engines.local_jobs(1, 0, jobs)  # validates --jobs
+    connected = engines.ray_connect(address) if engine == "ray" else False  # a silent cluster creates nothing
+    try:
+        return _run(sweep, cells, out, engine, jobs, address, cluster, retry_failed, data_root, note)
+    finally:
+        if connected:
+            import ray
+
+            ray.shutdown()
+
+
+def _run(sweep: SweepSpec, cells: list[Cell], out: Path, engine: str, jobs: int | None, address: str | None,
+         cluster: str, retry_failed: bool, data_root: str | None, note: Callable[[str], None]) -> SweepResult:
+    """:func:`run_sweep` once everything is checked (and Ray connected): create or open the sweep
+    directory, run the cells that are not done, record the run in ``history.jsonl``."""
     state.open_sweep(out, sweep, cells)
     before = {c.name: c for c in state.statuses(out)}
     wanted = ("pending", "interrupted", "failed") if retry_failed else ("pending", "interrupted")

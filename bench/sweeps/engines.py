@@ -148,6 +148,28 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
                           "`ray start --head`, or check --address") from None
 
 
+def ray_connect(address: str | None = None) -> bool:
+    """Connect this process to the Ray cluster at ``address``, or start Ray here (``None``),
+    unless it is connected already; returns whether this call connected (the caller then shuts
+    Ray down with ``ray.shutdown()``).
+
+    Raises:
+        ConfigError: Ray is not installed, or no cluster answers at ``address`` (``auto``: none
+            runs on this machine), or it runs another Ray version.
+    """
+    ray = require("ray")
+    preflight("ray", address)
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError) as exc:  # no cluster there, or another Ray version
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"cannot connect to the Ray cluster at {address or 'auto'} ({first}): start it with "
+                          "`ray start --head` (the same Ray version as here), or check --address") from None
+    return True
+
+
 def _ray_cell(folder: str, cpus: int, data_root: str | None) -> int:
     return launch(Path(folder), cpus, data_root, "ray")
 
@@ -161,15 +183,7 @@ def run_ray(folders: Sequence[Path], cpus: int, gpus: int, data_root: str | None
         ConfigError: Ray is not installed, or the cluster does not answer.
     """
     ray = require("ray")
-    preflight("ray", address)
-    started = not ray.is_initialized()
-    if started:
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        except (ConnectionError, RuntimeError) as exc:  # no cluster there, or another Ray version
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ConfigError(f"cannot connect to the Ray cluster at {address or 'auto'} ({first}): start it with "
-                              "`ray start --head` (the same Ray version as here), or check --address") from None
+    started = ray_connect(address)
     try:
         task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_ray_cell)
         refs = {task.remote(str(f), cpus, data_root): f.name for f in folders}
