@@ -141,7 +141,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="List every dataset and where its files are, download a dataset, or verify its checksums and structure.",
     )
     data.add_arguments(d)
+    add_gate_arguments(sub)
     return parser
+
+
+def add_gate_arguments(sub: Any) -> None:
+    """``metabench gate`` (:mod:`metabench.perfgate`)."""
+    from metabench import perfgate
+
+    g = sub.add_parser(
+        "gate", help="the performance gate: each learner's training step as a ratio to an in-process reference, "
+                     "checked against the committed baseline (exit 1 on a regression)",
+        description="Time each learner's meta-training step at its training shape, interleaved with a reference "
+                    "computation in the same process, and fail (exit 1) when a median ratio is more than the "
+                    "threshold above the baseline's. With --record, write a new baseline instead. See docs/timing.md.",
+    )
+    g.add_argument("--baseline", default=str(perfgate.DEFAULT_BASELINE),
+                   help=f"baseline folder (default {perfgate.DEFAULT_BASELINE}, from the repository root)")
+    g.add_argument("--workloads", default=",".join(perfgate.WORKLOADS),
+                   help=f"comma-separated learners (default all: {','.join(perfgate.WORKLOADS)})")
+    g.add_argument("--rounds", type=int, default=perfgate.ROUNDS, help=f"timed rounds per workload (default {perfgate.ROUNDS})")
+    g.add_argument("--maml-strategy", default=perfgate.DEFAULT_MAML_STRATEGY,
+                   help=f"MAML core strategy of the maml and fomaml workloads (default {perfgate.DEFAULT_MAML_STRATEGY}; "
+                        "recompute is the known-slow one, to see the gate fail)")
+    g.add_argument("--record", metavar="DIR", help="measure --repeats times in fresh processes and write a new "
+                                                   "baseline folder DIR instead of gating")
+    g.add_argument("--repeats", type=int, default=5, help="--record: fresh processes (default 5)")
 
 
 def add_sweep_arguments(sub: Any) -> None:
@@ -330,6 +355,33 @@ def _time(args: argparse.Namespace) -> None:
     print(f"timing directory: {out}")
 
 
+def _gate(args: argparse.Namespace) -> int:
+    """The ``gate`` command; returns 0 when every workload passes (or a baseline was recorded), 1
+    when one regressed."""
+    from pathlib import Path
+
+    from metabench import perfgate
+
+    workloads = [v.strip() for v in args.workloads.split(",") if v.strip()]
+    def say(text: str) -> None:
+        print(text, file=sys.stderr)
+
+    if args.record:
+        perfgate.record(Path(args.record), workloads, args.rounds, args.repeats, progress=say)
+        print((Path(args.record) / "baseline.md").read_text())
+        print(f"baseline folder: {args.record}")
+        return 0
+    verdicts, text = perfgate.gate(Path(args.baseline), workloads, args.rounds, args.maml_strategy, progress=say)
+    print(text)
+    failed = verdicts.loc[~verdicts["passed"], "workload"].tolist()
+    if failed:
+        print(f"metabench: performance gate failed for {', '.join(failed)}: a ratio is more than "
+              f"{100 * perfgate.THRESHOLD:.0f}% above the baseline (profile with `metabench time`, or if the "
+              f"slowdown is intended record a new baseline with `metabench gate --record`)", file=sys.stderr)
+        return 1
+    return 0
+
+
 #: ``metabench run`` flags that set a configuration key of the same name.
 RUN_KEYS = ("dataset", "split", "test_dataset", "test_split", "ways", "shots", "queries", "learners", "budget", "iterations",
             "test_episodes", "val_episodes", "curve_points", "validate_every", "patience", "seeds", "episode_seed",
@@ -429,6 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"report: {out / 'index.md'}")
         elif args.command == "sweep":
             return _sweep(args)
+        elif args.command == "gate":
+            return _gate(args)
         elif args.command == "data":
             data.main(args)
         return 0

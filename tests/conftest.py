@@ -36,10 +36,10 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-#: Skips CI expects, by the start of their reason: CI installs no LaTeX toolchain, and the peers
-#: (learn2learn, higher) only through `nox -s peers`. In CI any other skip fails the run, so that
-#: a missing dependency or data folder cannot turn real tests into silent skips.
-CI_EXPECTED_SKIPS = ("pdflatex is not installed", "peers not installed")
+#: Skips CI expects, by the start of their reason: CI installs no LaTeX toolchain. In CI any other
+#: skip fails the run (the peers' exactness test included: CI installs learn2learn and higher), so
+#: that a missing dependency or data folder cannot turn real tests into silent skips.
+CI_EXPECTED_SKIPS = ("pdflatex is not installed",)
 
 
 def unexpected_skip(reason: str) -> bool:
@@ -68,10 +68,28 @@ class _SkipPolicy:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--perf-gate``: run the performance gate's tests (tests/perf/test_gate.py), which time
+    the learners and so are left out of the ordinary run (deselected, not skipped)."""
+    parser.addoption("--perf-gate", action="store_true",
+                     help="run the performance gate (tests marked perf_gate); nox -s perf and CI pass it")
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the CI skip policy (:class:`_SkipPolicy`) when running in CI."""
+    """Register the ``perf_gate`` marker, and the CI skip policy (:class:`_SkipPolicy`) when
+    running in CI."""
+    config.addinivalue_line("markers", "perf_gate: times the learners against the committed baseline (--perf-gate)")
     if in_ci():
         config.pluginmanager.register(_SkipPolicy(), "metabench-ci-skip-policy")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without ``--perf-gate``, deselect the gate's tests; with it, run only them."""
+    gate = config.getoption("--perf-gate")
+    keep = [i for i in items if (i.get_closest_marker("perf_gate") is not None) == gate]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ else:  # pragma: no cover - Python 3.10
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "results" / "omniglot-vinyals-5w1s-quick"
-TIMING = REPO / "results" / "time-cpu-maml-vs-peers"
+TIMING = REPO / "results" / "time-cpu-maml-vs-peers-6"
 COMMITTED_REPORT = REPO / "results" / "report"
 NAMES = {"maml": "MAML", "fomaml": "First-order MAML", "reptile": "Reptile", "protonet": "Prototypical Networks",
          "matchingnet": "Matching Networks"}
@@ -628,5 +628,5 @@ def test_failure_while_drawing_leaves_nothing(tmp_path: Path, monkeypatch) -> No
 def test_nox_report_session_regenerates_the_committed_report() -> None:
     text = (REPO / "noxfile.py").read_text()
     assert "def report(" in text
-    for arg in ("results/omniglot-vinyals-5w1s-quick", "results/time-cpu-maml-vs-peers", "results/report", "--force"):
+    for arg in ("results/omniglot-vinyals-5w1s-quick", "results/time-cpu-maml-vs-peers-6", "results/report", "--force"):
         assert arg in text

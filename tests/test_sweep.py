@@ -384,10 +384,16 @@ KILLABLE = """
 name = "killable"
 [shared]
 budget = "smoke"
-iterations = 40
+iterations = 24
 test_episodes = 5
 val_episodes = 2
 checkpoint_minutes = 0
+# MAML cells train for about 5 s after their first checkpoint (time to kill them there);
+# Prototypical Networks cells are kept short
+[shared.hparams.maml]
+meta_batch = 8
+[shared.hparams.protonet]
+train_ways = 20
 [grid]
 learners = ["maml", "protonet"]
 seeds = [0, 1]

@@ -97,11 +97,15 @@ def test_time_command_errors_are_one_line(capsys) -> None:
     assert capsys.readouterr().err.strip() == "metabench: error: --compile-query takes comma-separated off/on, got 'maybe'"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("learn2learn") is None, reason="peers not installed (nox -s peers)")
-def test_learn2learn_computes_our_meta_gradient() -> None:
-    """learn2learn's MAML on the same Conv4, weights and episodes gives our meta-gradient to
-    float64 rounding."""
-    check = timing.gradient_check(dataclasses.replace(timing.Cell(**TINY), implementation="learn2learn", inner_steps=2))
+@pytest.mark.parametrize("peer", ["learn2learn", "higher"])
+def test_peers_compute_our_meta_gradient(peer: str) -> None:
+    """learn2learn's and higher's second-order MAML on the same Conv4, weights and episodes give
+    our meta-gradient to float64 rounding (2 inner steps). CI installs the peers
+    (.ci/install_peers.py); elsewhere the test is skipped until `nox -s peers` or that script has
+    installed them."""
+    if importlib.util.find_spec(peer) is None:
+        pytest.skip(f"peers not installed ({peer}: nox -s peers or python .ci/install_peers.py)")
+    check = timing.gradient_check(dataclasses.replace(timing.Cell(**TINY), implementation=peer, inner_steps=2))
     assert check["grad_rel_diff_float64"] < 1e-10
     assert check["grad_rel_diff_float32"] < 1e-4
 

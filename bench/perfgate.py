@@ -1,0 +1,436 @@
+"""``metabench gate``: a performance gate that works on a clean runner.
+
+A **workload** is one learner's meta-training step at its *training* episode shape (the shape
+``metabench run`` trains it on: :meth:`~metabench.algorithms.MetaLearner.train_shape`, on
+synthetic Omniglot-shaped episodes, :func:`metabench.timing.synthetic_episodes`) paired with a
+**reference**: a computation of the same kind written here without metabench's learners or core.
+
+* MAML and first-order MAML: a plain MAML loop, one task at a time, with ``torch.autograd.grad``
+  through ``torch.func.functional_call`` on a Conv4 built from ``nn.Conv2d``, ``nn.BatchNorm2d``
+  and ``nn.MaxPool2d`` (Finn et al. 2017, Alg. 2, lines 5-10, as the algorithm reads), then one
+  Adam step: what a user would write without our core.
+* Reptile, Prototypical Networks and Matching Networks: a fixed convolution workload, one forward
+  and backward pass of that Conv4 over as many images as the learner's step reads, then one Adam
+  step.
+
+Both are timed in the same process, **interleaved**: every round times the reference and the
+step once each, in alternating order, so that a drift of the machine's speed (another tenant, a
+frequency change) reaches both alike (Kalibera & Jones 2013, "Rigorous benchmarking in reasonable
+time", Sec. 3, on randomised and interleaved execution). A workload's figure is the **median over
+rounds of the ratio** ``step seconds / reference seconds``: dimensionless, so that most of the
+machine's speed cancels and a ratio measured on one machine can be compared with one recorded on
+another machine of the same kind.
+
+The gate compares each median ratio with a committed **baseline** (a folder written by
+``metabench gate --record DIR``: ``baseline.json``, the rounds of every repeat in ``rounds.csv``,
+and ``baseline.md``; this project's is ``results/perf-gate-cpu/``) and fails when a ratio is more
+than :data:`THRESHOLD` above the baseline's. The threshold's justification, the spread of
+repeated measurements it rests on, is in that folder's README.md and docs/timing.md.
+
+Everything here measures wall-clock seconds on CPU; nothing here is asserted by the ordinary
+tests (``tests/perf/test_gate.py`` runs the gate itself, with ``--perf-gate``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metabench.errors import ConfigError
+from metabench.timing import TIMED_LEARNERS
+
+#: The workloads, one per learner: the learners ``metabench time`` times.
+WORKLOADS = TIMED_LEARNERS
+#: A ratio more than this fraction above its baseline fails the gate (0.30: 30% slower relative
+#: to the reference). Why this value: docs/timing.md, "The performance gate".
+THRESHOLD = 0.30
+#: Timed rounds per workload (one step and one reference each) after :data:`WARMUP` untimed ones.
+ROUNDS = 15
+WARMUP = 2
+#: The baseline this project commits (relative to the repository root, where CI and nox run).
+DEFAULT_BASELINE = Path("results/perf-gate-cpu")
+#: The MAML core strategy of the gate's MAML workloads: ``auto``, what the learners use. Another
+#: (``recompute`` is the known-slow one, trading time for memory) shows that the gate fails.
+DEFAULT_MAML_STRATEGY = "auto"
+_IMAGE = (1, 28, 28)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A recorded baseline.
+
+    Attributes:
+        ratios: workload -> median over repeats of each repeat's median ratio.
+        repeats: workload -> each repeat's median ratio (one fresh process per repeat).
+        machine: what it was recorded on (``cpu``, ``torch``, ``torch_threads``, ``python``,
+            ``commit``).
+        rounds: timed rounds per repeat.
+        threshold: the gate's threshold when it was recorded (:data:`THRESHOLD` decides).
+    """
+
+    ratios: dict[str, float]
+    repeats: dict[str, list[float]]
+    machine: dict[str, Any]
+    rounds: int
+    threshold: float
+
+    def spread(self, workload: str) -> float:
+        """``(max - min) / median`` of the repeats' ratios of ``workload`` (a fraction)."""
+        r = self.repeats[workload]
+        return (max(r) - min(r)) / statistics.median(r)
+
+
+def reference_conv4(ways: int | None) -> nn.Module:
+    """The reference Conv4 (Vinyals et al. 2016): four blocks of 3x3 convolution with 64 filters,
+    batch norm with batch statistics, ReLU and 2x2 max-pool, then (``ways`` not ``None``) a linear
+    head to ``ways`` logits; ``[B, 1, 28, 28]`` -> ``[B, 64]`` or ``[B, ways]``."""
+    layers: list[nn.Module] = []
+    for c_in in (1, 64, 64, 64):
+        layers += [nn.Conv2d(c_in, 64, 3, padding=1), nn.BatchNorm2d(64, track_running_stats=False), nn.ReLU(),
+                   nn.MaxPool2d(2)]
+    layers.append(nn.Flatten())
+    if ways is not None:
+        layers.append(nn.Linear(64, ways))
+    return nn.Sequential(*layers)
+
+
+class Workload(NamedTuple):
+    """A workload built by :func:`build_workload`: ``step`` and ``reference`` (no arguments),
+    the learner the step trains and the module the reference trains."""
+
+    step: Callable[[], None]
+    reference: Callable[[], None]
+    learner: Any
+    reference_model: nn.Module
+
+
+def reference_maml(episodes: Sequence[Any], ways: int, inner_steps: int, inner_lr: float,
+                   first_order: bool) -> tuple[Callable[[], None], nn.Module]:
+    """A plain MAML meta-training step (Finn et al. 2017, Alg. 2): per task, ``inner_steps``
+    gradient steps of size ``inner_lr`` on the support set (``create_graph`` unless
+    ``first_order``), the query loss at the adapted weights backpropagated to theta, then Adam.
+    Returns the step and the :func:`reference_conv4` it trains."""
+    torch.manual_seed(0)
+    model = reference_conv4(ways)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        theta = dict(model.named_parameters())
+        for e in episodes:
+            fast = theta
+            for _ in range(inner_steps):
+                loss = F.cross_entropy(torch.func.functional_call(model, fast, (e.support_x,)), e.support_y)
+                grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
+                fast = {n: p - inner_lr * g for (n, p), g in zip(fast.items(), grads)}
+            query = F.cross_entropy(torch.func.functional_call(model, fast, (e.query_x,)), e.query_y)
+            (query / len(episodes)).backward()
+        optimizer.step()
+
+    return step, model
+
+
+def reference_convolutions(images: int) -> tuple[Callable[[], None], nn.Module]:
+    """The fixed convolution workload: one forward and backward pass of :func:`reference_conv4`
+    (no head) over ``images`` synthetic 28x28 images (the sum of the embeddings' squares as the
+    loss), then Adam. Returns the step and the module it trains."""
+    torch.manual_seed(0)
+    model = reference_conv4(None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = (torch.rand(images, *_IMAGE, generator=torch.Generator().manual_seed(1)) < 0.1).float()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model(x).pow(2).sum().backward()
+        optimizer.step()
+
+    return step, model
+
+
+def build_workload(name: str, maml_strategy: str = DEFAULT_MAML_STRATEGY) -> Workload:
+    """Workload ``name``: the learner's meta-training step on a meta-batch of synthetic episodes
+    of its training shape, and its reference (module docstring).
+
+    Args:
+        name: one of :data:`WORKLOADS`.
+        maml_strategy: the MAML core strategy of ``maml`` and ``fomaml`` (``auto`` or one of
+            ``maml_core.PATHS``).
+
+    Raises:
+        ConfigError: for an unknown workload or strategy.
+    """
+    from metabench.algorithms import build_learner, learner_config
+    from metabench.timing import Cell, synthetic_episodes
+
+    if name not in WORKLOADS:
+        raise ConfigError(f"unknown gate workload {name!r}: choose from {', '.join(WORKLOADS)}")
+    maml_family = name in ("maml", "fomaml")
+    overrides = {"path": maml_strategy} if maml_family else {}
+    learner = build_learner(name, 5, _IMAGE, 1000, "cpu", 0, overrides)
+    shape = learner.train_shape(5, 1, 15)
+    config = learner_config(name, overrides)
+    cell = Cell("metabench", name, shape.ways, shape.shots, shape.queries, shape.meta_batch,
+                getattr(config, "train_inner_steps", 1), getattr(config, "inner_lr", 0.0), "cpu", 1, 0)
+    episodes = synthetic_episodes(cell)
+    if maml_family:
+        reference, model = reference_maml(episodes, shape.ways, config.train_inner_steps, config.inner_lr,
+                                          config.first_order)
+    else:
+        reference, model = reference_convolutions(sum(e.support_x.shape[0] + e.query_x.shape[0] for e in episodes))
+    return Workload(lambda: learner.meta_train_step(episodes), reference, learner, model)
+
+
+def interleaved(step: Callable[[], None], reference: Callable[[], None], rounds: int, warmup: int = WARMUP,
+                clock: Callable[[], float] = time.perf_counter) -> list[tuple[float, float]]:
+    """``(step seconds, reference seconds)`` of each of ``rounds`` rounds after ``warmup`` untimed
+    calls of each; even rounds time the reference first, odd rounds the step first.
+
+    Raises:
+        ConfigError: for ``rounds < 1`` or ``warmup < 0``.
+    """
+    if rounds < 1 or warmup < 0:
+        raise ConfigError(f"the gate needs rounds >= 1 and warmup >= 0, got {rounds} and {warmup}: pass --rounds 1 or more")
+    for _ in range(warmup):
+        reference()
+        step()
+
+    def timed(f: Callable[[], None]) -> float:
+        t0 = clock()
+        f()
+        return clock() - t0
+
+    out = []
+    for r in range(rounds):
+        if r % 2 == 0:
+            ref = timed(reference)
+            out.append((timed(step), ref))
+        else:
+            s = timed(step)
+            out.append((s, timed(reference)))
+    return out
+
+
+def measure(workloads: Iterable[str], rounds: int = ROUNDS, maml_strategy: str = DEFAULT_MAML_STRATEGY,
+            progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Every round of every workload, measured in this process.
+
+    Returns:
+        One row per workload and round: ``workload``, ``round``, ``step_s`` and ``reference_s``
+        (seconds), ``ratio`` (``step_s / reference_s``).
+
+    Raises:
+        ConfigError: for an unknown workload or strategy, or ``rounds < 1``.
+    """
+    rows = []
+    for name in workloads:
+        work = build_workload(name, maml_strategy)
+        for r, (s, ref) in enumerate(interleaved(work.step, work.reference, rounds)):
+            rows.append({"workload": name, "round": r, "step_s": s, "reference_s": ref, "ratio": s / ref})
+        if progress:
+            done = [row["ratio"] for row in rows if row["workload"] == name]
+            progress(f"{name}: median ratio {statistics.median(done):.3f} over {rounds} rounds")
+    return pd.DataFrame(rows)
+
+
+def medians(rounds: pd.DataFrame) -> dict[str, float]:
+    """Workload -> median ratio of :func:`measure`'s rows (in the rows' order of workloads)."""
+    return {name: float(group["ratio"].median()) for name, group in rounds.groupby("workload", sort=False)}
+
+
+def machine() -> dict[str, Any]:
+    """What a baseline records about the machine: CPU model, torch version and threads, Python,
+    and the git commit of the code measured."""
+    from metabench.environment import cpu_name, git_commit
+
+    return {"cpu": cpu_name(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "python": sys.version.split()[0], "commit": git_commit()["commit"]}
+
+
+def load_baseline(folder: Path) -> Baseline:
+    """Read the ``baseline.json`` of a folder written by :func:`record`.
+
+    Raises:
+        ConfigError: if the folder or file is missing or not a baseline.
+    """
+    path = Path(folder) / "baseline.json"
+    if not path.is_file():
+        raise ConfigError(f"no gate baseline at {path}: record one with `metabench gate --record {folder}` or pass --baseline")
+    try:
+        raw = json.loads(path.read_text())
+        return Baseline({k: float(v) for k, v in raw["ratios"].items()},
+                        {k: [float(x) for x in v] for k, v in raw["repeats"].items()},
+                        dict(raw["machine"]), int(raw["rounds"]), float(raw["threshold"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{path} is not a gate baseline ({type(exc).__name__}: {exc}): record it again with "
+                          f"`metabench gate --record {folder}`") from None
+
+
+def check(measured: dict[str, float], baseline: Baseline, threshold: float = THRESHOLD) -> pd.DataFrame:
+    """The gate's verdict per workload.
+
+    Args:
+        measured: workload -> median ratio (:func:`medians`).
+        baseline: the committed baseline.
+        threshold: fail a ratio above ``baseline * (1 + threshold)``.
+
+    Returns:
+        One row per workload: ``workload``, ``baseline`` and ``measured`` (ratios), ``change_pct``
+        (percent, positive = slower), ``limit`` (the largest passing ratio), ``passed``.
+
+    Raises:
+        ConfigError: for a measured workload the baseline lacks.
+    """
+    missing = [w for w in measured if w not in baseline.ratios]
+    if missing:
+        raise ConfigError(f"the baseline has no ratio for {', '.join(missing)}: record it again with `metabench gate --record`")
+    rows = []
+    for name, ratio in measured.items():
+        base = baseline.ratios[name]
+        limit = base * (1 + threshold)
+        rows.append({"workload": name, "baseline": base, "measured": ratio, "change_pct": 100 * (ratio / base - 1),
+                     "limit": limit, "passed": bool(ratio <= limit)})
+    return pd.DataFrame(rows)
+
+
+def verdict_markdown(verdicts: pd.DataFrame, baseline: Baseline, here: dict[str, Any], threshold: float = THRESHOLD) -> str:
+    """The gate's table (Markdown) with the two machines and the rule, for the terminal and CI logs."""
+    m = baseline.machine
+    repeats = len(next(iter(baseline.repeats.values()), []))
+    lines = [(f"Performance gate: each step's median time as a ratio to its in-process reference; fail above "
+              f"+{100 * threshold:.0f}% of the baseline."),
+             (f"Baseline: {m.get('cpu')}, torch {m.get('torch')}, {m.get('torch_threads')} threads, "
+              f"{baseline.rounds} rounds x {repeats} repeats. "
+              f"This run: {here['cpu']}, torch {here['torch']}, {here['torch_threads']} threads."), "",
+             "| workload | baseline ratio | measured ratio | change | limit | verdict |",
+             "|---|---:|---:|---:|---:|---|"]
+    for row in verdicts.itertuples():
+        lines.append(f"| {row.workload} | {row.baseline:.3f} | {row.measured:.3f} | {row.change_pct:+.1f}% | "
+                     f"{row.limit:.3f} | {_verdict(row.passed, getattr(row, 'confirmed', False))} |")
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(passed: bool, confirmed: bool) -> str:
+    if passed:
+        return "pass (on a second measurement)" if confirmed else "pass"
+    return "**FAIL** (measured twice)" if confirmed else "**FAIL**"
+
+
+def gate(baseline_dir: Path = DEFAULT_BASELINE, workloads: Sequence[str] = WORKLOADS, rounds: int = ROUNDS,
+         maml_strategy: str = DEFAULT_MAML_STRATEGY, progress: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, str]:
+    """Measure ``workloads`` in this process and check them against the baseline in ``baseline_dir``.
+
+    A workload above its limit is measured once more (``rounds`` new rounds) and fails only if
+    that measurement is above the limit too (its ``measured`` is then the lower of the two), so
+    that one unlucky measurement on a noisy machine does not fail CI while a real slowdown, which
+    every measurement shows, still does.
+
+    Returns:
+        ``(verdicts, markdown)``: :func:`check`'s frame (with ``confirmed``: whether a second
+        measurement was taken) and :func:`verdict_markdown`'s table.
+
+    Raises:
+        ConfigError: for a missing or malformed baseline, an unknown workload or strategy.
+    """
+    baseline = load_baseline(baseline_dir)  # before measuring: a missing baseline costs nothing
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        raise ConfigError(f"unknown gate workload {unknown[0]!r}: choose from {', '.join(WORKLOADS)}")
+    measured = medians(measure(workloads, rounds, maml_strategy, progress))
+    first = check(measured, baseline)
+    again = first.loc[~first["passed"], "workload"].tolist()
+    if again:
+        if progress:
+            progress(f"above the limit: {', '.join(again)}; measuring again to confirm")
+        second = medians(measure(again, rounds, maml_strategy, progress))
+        measured = {w: min(r, second.get(w, r)) for w, r in measured.items()}
+    verdicts = check(measured, baseline).assign(confirmed=lambda f: f["workload"].isin(again))
+    return verdicts, verdict_markdown(verdicts, baseline, machine())
+
+
+def _measure_in_worker(workloads: Sequence[str], rounds: int, maml_strategy: str) -> pd.DataFrame:
+    """:func:`measure` in a fresh ``python -m metabench.perfgate`` process (its rows)."""
+    done = subprocess.run([sys.executable, "-m", "metabench.perfgate", ",".join(workloads), str(rounds), maml_strategy],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ConfigError(f"a gate worker failed ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})")
+    return pd.DataFrame(json.loads(done.stdout))
+
+
+def record(out: Path, workloads: Sequence[str] = WORKLOADS, rounds: int = ROUNDS, repeats: int = 5,
+           progress: Callable[[str], None] | None = None) -> Baseline:
+    """Measure ``repeats`` times, each in a fresh process, and write a baseline folder ``out``
+    atomically: ``baseline.json`` (median ratios, each repeat's, the machine, rounds, threshold),
+    ``rounds.csv`` (every round of every repeat) and ``baseline.md`` (the table with spreads).
+
+    Raises:
+        ConfigError: if ``out`` exists or cannot be written, ``repeats < 2`` (no spread), or a
+            worker fails.
+    """
+    from metabench.outdir import check_writable, write_atomically
+
+    if repeats < 2:
+        raise ConfigError(f"a baseline needs --repeats 2 or more to show its spread, got {repeats}")
+    check_writable(out, "baseline folder")
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        raise ConfigError(f"unknown gate workload {unknown[0]!r}: choose from {', '.join(WORKLOADS)}")
+    frames = []
+    for i in range(repeats):
+        frame = _measure_in_worker(workloads, rounds, DEFAULT_MAML_STRATEGY)
+        frames.append(frame.assign(repeat=i))
+        if progress:
+            progress(f"repeat {i + 1}/{repeats}: " + ", ".join(f"{k} {v:.3f}" for k, v in medians(frame).items()))
+    rows = pd.concat(frames, ignore_index=True)
+    per_repeat = {w: [medians(f)[w] for f in frames] for w in workloads}
+    baseline = Baseline({w: statistics.median(v) for w, v in per_repeat.items()}, per_repeat, machine(), rounds, THRESHOLD)
+
+    def write(folder: Path) -> None:
+        (folder / "baseline.json").write_text(json.dumps({
+            "ratios": baseline.ratios, "repeats": baseline.repeats, "machine": baseline.machine,
+            "rounds": rounds, "threshold": THRESHOLD}, indent=2) + "\n")
+        rows[["repeat", "workload", "round", "step_s", "reference_s", "ratio"]].to_csv(folder / "rounds.csv", index=False)
+        (folder / "baseline.md").write_text(baseline_markdown(baseline, rows))
+
+    write_atomically(out, write, "baseline folder")
+    return baseline
+
+
+def baseline_markdown(baseline: Baseline, rows: pd.DataFrame) -> str:
+    """The baseline's table: per workload the median ratio, each repeat's, their spread, the
+    rounds' own interquartile range, and the median step and reference seconds."""
+    m = baseline.machine
+    lines = [(f"Gate baseline: {m['cpu']}, torch {m['torch']}, {m['torch_threads']} threads, "
+              f"commit {str(m.get('commit'))[:7]}; {len(next(iter(baseline.repeats.values())))} repeats "
+              f"(fresh processes) x {baseline.rounds} rounds."), "",
+             "| workload | ratio | repeats | spread of repeats | IQR of rounds | step (ms) | reference (ms) |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for w, ratio in baseline.ratios.items():
+        r = rows[rows["workload"] == w]
+        q1, q3 = r["ratio"].quantile([0.25, 0.75])
+        lines.append(f"| {w} | {ratio:.3f} | {', '.join(f'{x:.3f}' for x in baseline.repeats[w])} | "
+                     f"{100 * baseline.spread(w):.1f}% | {100 * (q3 - q1) / ratio:.1f}% | "
+                     f"{1000 * r['step_s'].median():.1f} | {1000 * r['reference_s'].median():.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _worker_main(argv: Sequence[str]) -> int:
+    workloads, rounds, strategy = argv
+    print(measure(workloads.split(","), int(rounds), strategy).to_json(orient="records"))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_worker_main(sys.argv[1:]))
+

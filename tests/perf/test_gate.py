@@ -1,0 +1,33 @@
+"""The performance gate itself (``--perf-gate``; ``nox -s perf`` and CI run it): each learner's
+training step timed as a ratio to its in-process reference and checked against the committed
+baseline (:mod:`metabench.perfgate`), and the proof that the gate can fail: the MAML workloads on
+the known-slow ``recompute`` strategy of the core (time traded for memory) must fail it.
+
+These tests time code, so they are not part of the ordinary run (deselected without
+``--perf-gate``); what they assert is the gate's verdict, whose threshold is justified from the
+spread of repeated measurements in results/perf-gate-cpu/README.md.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from metabench import perfgate
+
+pytestmark = pytest.mark.perf_gate
+
+
+def test_gate_passes_on_the_normal_core() -> None:
+    """Every workload's median ratio is within the threshold of the committed baseline."""
+    verdicts, text = perfgate.gate(perfgate.DEFAULT_BASELINE, progress=print)
+    print(text)
+    assert verdicts["passed"].all(), text
+
+
+def test_gate_fails_on_a_slowed_core() -> None:
+    """With the MAML core forced onto ``recompute`` (which trades time for memory: measured 1.5x to
+    1.7x the ratio of ``auto`` at MAML's training shape, results/perf-gate-cpu/README.md), second-
+    order MAML fails the gate. Seven rounds suffice for a slowdown that far above the threshold."""
+    verdicts, text = perfgate.gate(perfgate.DEFAULT_BASELINE, ["maml"], rounds=7, maml_strategy="recompute", progress=print)
+    print(text)
+    assert not verdicts.set_index("workload").loc["maml", "passed"], text

@@ -1,0 +1,166 @@
+"""The performance gate's logic (:mod:`metabench.perfgate`) without timing anything: interleaving
+with a fake clock, the verdicts, the confirmation measurement, baselines and their errors, and the
+``metabench gate`` command. The gate itself runs in tests/perf/test_gate.py (``--perf-gate``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from metabench import perfgate
+from metabench.cli import main
+from metabench.errors import ConfigError
+
+
+def _baseline(**ratios: float) -> perfgate.Baseline:
+    return perfgate.Baseline(ratios, {k: [v * 0.95, v, v * 1.05] for k, v in ratios.items()},
+                             {"cpu": "Test CPU", "torch": "2.13.0", "torch_threads": 2}, 15, perfgate.THRESHOLD)
+
+
+def _write(folder: Path, baseline: perfgate.Baseline) -> Path:
+    folder.mkdir()
+    (folder / "baseline.json").write_text(json.dumps({"ratios": baseline.ratios, "repeats": baseline.repeats,
+                                                      "machine": baseline.machine, "rounds": baseline.rounds,
+                                                      "threshold": baseline.threshold}))
+    return folder
+
+
+def _rows(**ratios: float) -> pd.DataFrame:
+    return pd.DataFrame([{"workload": w, "round": r, "step_s": v, "reference_s": 1.0, "ratio": v}
+                         for w, v in ratios.items() for r in range(3)])
+
+
+def test_interleaved_alternates_the_order_and_pairs_each_round() -> None:
+    """Warm-up calls are untimed; even rounds time the reference first, odd rounds the step; each
+    pair holds that round's step and reference seconds."""
+    now = [0.0]
+    calls: list[str] = []
+
+    def fake(name: str, seconds: float):
+        def f() -> None:
+            calls.append(name)
+            now[0] += seconds
+        return f
+
+    out = perfgate.interleaved(fake("step", 3.0), fake("ref", 2.0), rounds=4, warmup=1, clock=lambda: now[0])
+    assert out == [(3.0, 2.0)] * 4
+    assert calls == ["ref", "step", "ref", "step", "step", "ref", "ref", "step", "step", "ref"]
+    with pytest.raises(ConfigError, match="rounds >= 1"):
+        perfgate.interleaved(fake("step", 1), fake("ref", 1), rounds=0)
+
+
+def test_check_fails_only_above_the_threshold() -> None:
+    base = _baseline(maml=0.8, protonet=1.0)
+    limit = 0.8 * (1 + perfgate.THRESHOLD)
+    verdicts = perfgate.check({"maml": limit, "protonet": 1.0 * (1 + perfgate.THRESHOLD) * 1.01}, base).set_index("workload")
+    assert verdicts.loc["maml", "passed"] and not verdicts.loc["protonet", "passed"]
+    assert verdicts.loc["maml", "change_pct"] == pytest.approx(100 * perfgate.THRESHOLD)
+    assert verdicts.loc["protonet", "limit"] == pytest.approx(1 + perfgate.THRESHOLD)
+    with pytest.raises(ConfigError, match="no ratio for reptile"):
+        perfgate.check({"reptile": 1.0}, base)
+
+
+def test_gate_confirms_a_failure_with_a_second_measurement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A workload above its limit is measured again: it passes if the second measurement is within
+    the limit (one unlucky measurement), and fails only when both are above it."""
+    folder = _write(tmp_path / "base", _baseline(maml=0.8, fomaml=0.7))
+    high, ok = 0.8 * (1 + perfgate.THRESHOLD) + 0.1, 0.8
+    measurements = iter([_rows(maml=high, fomaml=0.7), _rows(maml=ok)])
+    asked: list[list[str]] = []
+
+    def fake_measure(workloads, rounds, strategy, progress=None):
+        asked.append(list(workloads))
+        return next(measurements)
+
+    monkeypatch.setattr(perfgate, "measure", fake_measure)
+    verdicts, text = perfgate.gate(folder, ["maml", "fomaml"])
+    assert asked == [["maml", "fomaml"], ["maml"]]
+    assert verdicts["passed"].all() and verdicts.set_index("workload").loc["maml", "confirmed"]
+    assert "pass (on a second measurement)" in text
+
+    measurements = iter([_rows(maml=high, fomaml=0.7), _rows(maml=high + 0.2)])
+    verdicts, text = perfgate.gate(folder, ["maml", "fomaml"])
+    row = verdicts.set_index("workload").loc["maml"]
+    assert not row["passed"] and row["measured"] == pytest.approx(high)  # the lower of the two
+    assert "**FAIL** (measured twice)" in text and "Test CPU" in text
+
+
+def test_bad_baselines_and_workloads_are_refused_before_measuring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(perfgate, "measure", lambda *a, **k: pytest.fail("measured despite bad input"))
+    with pytest.raises(ConfigError, match=r"no gate baseline at .*metabench gate --record"):
+        perfgate.gate(tmp_path / "missing")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "baseline.json").write_text('{"ratios": {"maml": 1}}')
+    with pytest.raises(ConfigError, match="is not a gate baseline .*record it again"):
+        perfgate.load_baseline(bad)
+    good = _write(tmp_path / "good", _baseline(maml=0.8))
+    with pytest.raises(ConfigError, match="unknown gate workload 'sgd'"):
+        perfgate.gate(good, ["sgd"])
+
+
+def test_record_writes_the_baseline_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``record`` keeps every repeat's median, takes their median as the ratio, and writes
+    nothing when a worker fails."""
+    repeats = iter([_rows(maml=0.8, protonet=1.0), _rows(maml=0.9, protonet=1.1), _rows(maml=0.7, protonet=0.9)])
+    monkeypatch.setattr(perfgate, "_measure_in_worker", lambda workloads, rounds, strategy: next(repeats))
+    base = perfgate.record(tmp_path / "base", ["maml", "protonet"], rounds=3, repeats=3)
+    assert base.ratios == {"maml": 0.8, "protonet": 1.0}
+    assert base.spread("maml") == pytest.approx((0.9 - 0.7) / 0.8)
+    assert perfgate.load_baseline(tmp_path / "base").repeats == {"maml": [0.8, 0.9, 0.7], "protonet": [1.0, 1.1, 0.9]}
+    assert len(pd.read_csv(tmp_path / "base" / "rounds.csv")) == 3 * 2 * 3
+    assert "| maml | 0.800 | 0.800, 0.900, 0.700 | 25.0% |" in (tmp_path / "base" / "baseline.md").read_text()
+
+    def failing(workloads, rounds, strategy):
+        raise ConfigError("a gate worker failed (boom)")
+
+    monkeypatch.setattr(perfgate, "_measure_in_worker", failing)
+    with pytest.raises(ConfigError, match="worker failed"):
+        perfgate.record(tmp_path / "other", ["maml"], repeats=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
+    with pytest.raises(ConfigError, match="--repeats 2 or more"):
+        perfgate.record(tmp_path / "one", ["maml"], repeats=1)
+
+
+@pytest.mark.parametrize("name", perfgate.WORKLOADS)
+def test_workloads_train_and_references_do_comparable_work(name: str) -> None:
+    """Each workload's step is the learner's meta-training step (its weights change) and its
+    reference is a real training step too; the convolution reference reads as many images as
+    the step's episodes hold."""
+    work = perfgate.build_workload(name)
+    params = [*work.learner.model.parameters(), *work.reference_model.parameters()]
+    before = [p.detach().clone() for p in params]
+    work.step()
+    work.reference()
+    after = params
+    assert all(not torch.equal(a, b) for a, b in zip(before, after) if b.requires_grad)
+
+
+def test_gate_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                      one_line_error) -> None:
+    """``metabench gate`` exits 0 when every workload passes, 1 with a one-line message naming the
+    regressed workloads, 2 with a one-line error for a missing baseline."""
+    folder = _write(tmp_path / "base", _baseline(maml=0.8, reptile=0.8))
+    monkeypatch.setattr(perfgate, "measure", lambda workloads, *a, **k: _rows(**{w: 0.8 for w in workloads}))
+    assert main(["gate", "--baseline", str(folder), "--workloads", "maml,reptile"]) == 0
+    assert "| maml | 0.800 | 0.800 | +0.0% |" in capsys.readouterr().out
+    monkeypatch.setattr(perfgate, "measure", lambda workloads, *a, **k: _rows(**{w: 2.0 for w in workloads}))
+    assert main(["gate", "--baseline", str(folder), "--workloads", "maml,reptile"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("metabench: performance gate failed for maml, reptile") and "--record" in err
+    assert main(["gate", "--baseline", str(tmp_path / "none")]) == 2
+    one_line_error("no gate baseline", "metabench gate --record")
+
+
+def test_the_committed_baseline_covers_every_workload_at_the_current_threshold() -> None:
+    """results/perf-gate-cpu is the baseline CI gates on: every workload, recorded at the
+    threshold and rounds the gate uses now (a change of either needs a new recording), with at
+    least five repeats for its spread."""
+    base = perfgate.load_baseline(Path(__file__).resolve().parents[1] / perfgate.DEFAULT_BASELINE)
+    assert list(base.ratios) == list(perfgate.WORKLOADS)
+    assert base.threshold == perfgate.THRESHOLD and base.rounds == perfgate.ROUNDS
+    assert all(len(base.repeats[w]) >= 5 for w in perfgate.WORKLOADS)
