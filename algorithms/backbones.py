@@ -13,7 +13,7 @@ calls ``F.batch_norm(training=True)`` without running statistics (one fused kern
 on 80, on 2 CPU cores, with second-order gradients equal to 1e-14 relative in float64), and
 ``"tensor_ops"`` writes mean and variance with tensor operations. Use ``"tensor_ops"`` under
 ``torch.func.vmap``: vmap over ``nn.BatchNorm2d(track_running_stats=False)`` silently returns
-wrong second-order meta-gradients on torch 2.13 (see the design notes). The functional forms
+wrong second-order meta-gradients on torch 2.13 (tests/test_maml_core.py::test_agreement_check_catches_vmap_over_nn_batchnorm shows it). The functional forms
 (:func:`conv4_forward`) have a third, ``"twice"``, and compute each block's batch norm and
 max-pool together (``BLOCKS``): fused once-differentiable kernels for ``"native"``, a
 hand-derived second derivative for ``"twice"``.

@@ -38,11 +38,12 @@ from .maml_core import (
     CONV4,
     LAYOUTS,
     MLP_REGRESSION,
-    PATHS,
+    STRATEGIES,
+    CoreOptions,
     adapt,
     adapt_and_predict,
     choose_layout,
-    choose_path,
+    choose_strategy,
     compiled_query_forward,
     cpu_chunk,
     meta_gradient,
@@ -63,10 +64,11 @@ class MAMLConfig:
         first_order: drop second derivatives (first-order MAML, Sec. 5.2).
         train_queries: query examples per class in training episodes; ``None`` uses K, as the
             released code does (``num_samples_per_class = 2 * update_batch_size``).
-        path: how the core computes the meta-gradient: ``auto`` (per device, see
-            :func:`~metabench.algorithms.maml_core.choose_path`), ``per_task``, ``chunked``,
-            ``batched``, ``recompute`` or ``vmap``. All give the same numbers.
-        chunk: tasks per chunk of the ``chunked`` and ``recompute`` paths; 0 chooses it from the
+        strategy: how the core computes the meta-gradient: ``auto`` (per device and episode
+            shape, see :func:`~metabench.algorithms.maml_core.choose_strategy`), ``per_task``,
+            ``chunked``, ``batched``, ``recompute`` or ``vmap``. All give the same numbers.
+            (Called ``path`` before; configurations and weights that say ``path`` still load.)
+        chunk: tasks per chunk of the ``chunked`` and ``recompute`` strategies; 0 chooses it from the
             episode shape (:func:`~metabench.algorithms.maml_core.default_chunk`).
         layout: memory layout of the images in the core: ``auto`` (per device, see
             :func:`~metabench.algorithms.maml_core.choose_layout`), ``contiguous`` or
@@ -76,6 +78,8 @@ class MAMLConfig:
     """
 
     MINIMUMS: ClassVar[dict[str, float | int]] = {"inner_lr": 0.0, "train_inner_steps": 1, "test_inner_steps": 0, "meta_batch": 1, "meta_lr": 0.0, "train_queries": 1, "chunk": 0}
+    #: Former names of hyperparameters, still read from configurations and kept weights.
+    RENAMED: ClassVar[dict[str, str]] = {"path": "strategy"}
 
     inner_lr: float = 0.4
     train_inner_steps: int = 1
@@ -84,7 +88,7 @@ class MAMLConfig:
     meta_lr: float = 1e-3
     first_order: bool = False
     train_queries: int | None = None
-    path: str = "auto"
+    strategy: str = "auto"
     chunk: int = 0
     layout: str = "auto"
     compile_query: bool = False
@@ -106,7 +110,7 @@ class MAML(MetaLearner):
     is needed at test time).
 
     Raises:
-        ConfigError: for an unknown ``path`` or ``layout``, or ``channels_last`` for regression.
+        ConfigError: for an unknown ``strategy`` or ``layout``, or ``channels_last`` for regression.
     """
 
     title = "MAML"
@@ -125,8 +129,9 @@ class MAML(MetaLearner):
 
     def __init__(self, config: MAMLConfig, ways, image_shape, total_iterations, device, seed) -> None:
         super().__init__(config, ways, image_shape, total_iterations, device, seed)
-        if config.path not in ("auto", *PATHS):
-            raise ConfigError(f"unknown path {config.path!r} for {self.name}: use --set {self.name}.path=auto|{'|'.join(PATHS)}")
+        if config.strategy not in ("auto", *STRATEGIES):
+            raise ConfigError(f"unknown strategy {config.strategy!r} for {self.name}: "
+                              f"use --set {self.name}.strategy=auto|{'|'.join(STRATEGIES)}")
         if config.layout not in ("auto", *LAYOUTS):
             raise ConfigError(f"unknown layout {config.layout!r} for {self.name}: use --set {self.name}.layout=auto|{'|'.join(LAYOUTS)}")
         if self.kind == "regression":
@@ -137,7 +142,7 @@ class MAML(MetaLearner):
             self._backbone = CONV4
             self._model = Conv4(channels, height, n_outputs=ways).to(device)
         self.optimizer = torch.optim.Adam(self._model.parameters(), lr=config.meta_lr)
-        self._paths: dict[int, tuple[str, int | None]] = {}  # images per task -> (path, chunk) for "auto"
+        self._strategies: dict[int, tuple[str, int | None]] = {}  # images per task -> (strategy, chunk) for "auto"
         if config.layout == "channels_last" and not self._backbone.images:
             raise ConfigError(f"{self.name}.layout=channels_last needs image inputs: use --set {self.name}.layout=auto")
         self.layout = choose_layout(self._backbone, device) if config.layout == "auto" else config.layout
@@ -151,31 +156,31 @@ class MAML(MetaLearner):
         q = self.config.train_queries if self.config.train_queries is not None else shots
         return EpisodeShape(ways, shots, q, self.config.meta_batch)
 
-    def core_path(self, images_per_task: int) -> tuple[str, int | None]:
-        """The core's path and chunk (``None``: the path's default) for tasks of
-        ``images_per_task`` support and query images: ``path`` and ``chunk`` as configured, or
-        for ``path=auto`` :func:`~metabench.algorithms.maml_core.choose_path` with
+    def core_strategy(self, images_per_task: int) -> tuple[str, int | None]:
+        """The core's strategy and chunk (``None``: the strategy's default) for tasks of
+        ``images_per_task`` support and query images: ``strategy`` and ``chunk`` as configured,
+        or for ``strategy=auto`` :func:`~metabench.algorithms.maml_core.choose_strategy` with
         :func:`~metabench.algorithms.maml_core.cpu_chunk` tasks per chunk on CPU."""
         cfg = self.config
-        if cfg.path != "auto":
-            return cfg.path, cfg.chunk or None
-        if images_per_task not in self._paths:
-            path = choose_path(self._backbone, self.device, images_per_task)
-            chunk = cfg.chunk or (cpu_chunk(images_per_task) if path == "chunked" and self.device.type == "cpu" else None)
-            self._paths[images_per_task] = (path, chunk)
-        return self._paths[images_per_task]
+        if cfg.strategy != "auto":
+            return cfg.strategy, cfg.chunk or None
+        if images_per_task not in self._strategies:
+            strategy = choose_strategy(self._backbone, self.device, images_per_task)
+            cpu = strategy == "chunked" and self.device.type == "cpu"
+            self._strategies[images_per_task] = (strategy, cfg.chunk or (cpu_chunk(images_per_task) if cpu else None))
+        return self._strategies[images_per_task]
 
     def meta_train_step(self, episodes: Sequence[Episode]) -> StepResult:
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
         params = dict(self._model.named_parameters())
-        path, chunk = self.core_path(episodes[0].support_x.shape[0] + episodes[0].query_x.shape[0])
+        strategy, chunk = self.core_strategy(episodes[0].support_x.shape[0] + episodes[0].query_x.shape[0])
+        options = CoreOptions(cfg.train_inner_steps, cfg.inner_lr, cfg.first_order, strategy, self._query_forward,
+                              chunk, self.layout)
         result = meta_gradient(
             self._backbone, params,
             torch.stack([e.support_x for e in episodes]), torch.stack([e.support_y for e in episodes]),
-            torch.stack([e.query_x for e in episodes]), torch.stack([e.query_y for e in episodes]),
-            cfg.train_inner_steps, cfg.inner_lr, cfg.first_order, path, self._query_forward, chunk,
-            self.layout,
+            torch.stack([e.query_x for e in episodes]), torch.stack([e.query_y for e in episodes]), options,
         )
         for name, p in params.items():
             p.grad = result.grads[name]

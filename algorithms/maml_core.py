@@ -9,8 +9,9 @@ and return the meta-gradient of the mean query loss ``(1/T) sum_i L_query_i(thet
 respect to theta (Eq. 2). Second order differentiates through the inner loop (Hessian-vector
 products); first order (Sec. 5.2) treats the inner gradients as constants.
 
-Everything is a pure function of a parameter dict; one code, three **paths** that compute the same
-numbers (checked against each other and against finite differences in the tests):
+Everything is a pure function of a parameter dict; one code, five **strategies** that compute the
+same numbers (checked against each other and against finite differences in the tests), chosen with
+:class:`CoreOptions`:
 
 ``per_task``
     A loop over tasks; each task's graph is freed after its gradient, so peak memory is one task.
@@ -50,8 +51,8 @@ fused backward pass that never builds the full-size pooling gradient).
 ``vmap`` uses batch norm in tensor operations: under ``vmap``, ``nn.BatchNorm2d`` silently gives
 wrong second-order meta-gradients on torch 2.13 (the tests catch the difference).
 
-Measured choices (2-core CPU, Conv4, 5-way 1-shot, 15 queries per class, meta-batch 16): see
-:func:`choose_path`, :func:`choose_layout` and the timing table of docs/timing.md.
+The defaults were chosen by measurement: :func:`choose_strategy`, :func:`choose_layout`, and the
+measurements in docs/timing.md and the committed timing runs.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ from .backbones import (
 )
 
 Params = dict[str, torch.Tensor]
-PATHS = ("per_task", "chunked", "batched", "recompute", "vmap")
+STRATEGIES = ("per_task", "chunked", "batched", "recompute", "vmap")
 LAYOUTS = ("contiguous", "channels_last")
 
 
@@ -123,9 +124,37 @@ class MetaGradient:
     outputs: list[torch.Tensor]
 
 
-#: Images (support and query) one chunk of tasks should hold on CPU for the ``auto`` path:
+@dataclass(frozen=True)
+class CoreOptions:
+    """How :func:`meta_gradient` computes the meta-gradient (Finn et al. 2017, Alg. 2).
+
+    Attributes:
+        steps: inner gradient steps (>= 0).
+        inner_lr: alpha, the inner learning rate (> 0).
+        first_order: drop the second derivatives (first-order MAML, Sec. 5.2).
+        strategy: one of :data:`STRATEGIES` (see the module docstring); all give the same
+            meta-gradient up to floating-point rounding.
+        query_forward: ``f(params, x) -> outputs`` for the query pass, differentiated once;
+            ``None``: the backbone's forward with the fused batch norm. Pass a
+            ``torch.compile``-d one (:func:`compiled_query_forward`) to fuse it.
+        chunk: tasks per chunk of the ``chunked`` and ``recompute`` strategies (``None``:
+            :func:`default_chunk`); ignored by the others.
+        layout: one of :data:`LAYOUTS`: the images are copied channels-last first for
+            ``channels_last`` (image backbones only).
+    """
+
+    steps: int
+    inner_lr: float
+    first_order: bool = False
+    strategy: str = "per_task"
+    query_forward: Callable[[Params, torch.Tensor], torch.Tensor] | None = None
+    chunk: int | None = None
+    layout: str = "contiguous"
+
+
+#: Images (support and query) one chunk of tasks should hold on CPU for the ``auto`` strategy:
 #: about one 5-way 1-shot task with 15 queries per class, the batch at which ``per_task`` was
-#: fastest (see :func:`choose_path`).
+#: fastest (see :func:`choose_strategy`).
 CPU_CHUNK_IMAGES = 80
 
 
@@ -134,8 +163,8 @@ def cpu_chunk(images_per_task: int) -> int:
     return max(1, CPU_CHUNK_IMAGES // max(1, images_per_task))
 
 
-def choose_path(backbone: Backbone, device: torch.device, images_per_task: int | None = None) -> str:
-    """The default path for tasks of ``images_per_task`` support and query images (``None``:
+def choose_strategy(backbone: Backbone, device: torch.device, images_per_task: int | None = None) -> str:
+    """The default strategy for tasks of ``images_per_task`` support and query images (``None``:
     the timing benchmark's 5-way 1-shot tasks with 15 queries per class).
 
     On CUDA: ``recompute`` where the backbone has a task-batched forward, else ``vmap`` (not
@@ -143,17 +172,11 @@ def choose_path(backbone: Backbone, device: torch.device, images_per_task: int |
     chunk when at least two tasks fit in a chunk and the backbone takes images and has a
     task-batched forward, else ``per_task`` (the MLP's regression tasks were not measured).
 
-    Measured on 2 CPU cores (Conv4, channels-last, 1 inner step). At 5-way 1-shot with 15
-    queries per class and meta-batch 16 (80 images per task), ``per_task`` has the lowest peak
-    memory of all paths and was as fast as ``chunked`` at 1 inner step and faster at 5
-    (single-process interleaved runs: 0.71x and 0.73-0.80x learn2learn's time for ``per_task``,
-    0.70x and 0.75-0.86x for ``chunked``); the timing table of docs/timing.md is the committed
-    measurement. At MAML's *training* shape, 5-way 1-shot with 1 query per class and meta-batch
-    32 (10 images per task; 15 interleaved repetitions in one process), small per-task batches
-    leave the kernels' per-call cost unpaid: second-order MAML took 348 ms per step with
-    ``per_task``, 387 ms ``batched``, 290 / 278 / 351 ms ``chunked`` with 4 / 8 / 16 tasks per
-    chunk, 339 ms ``recompute`` with 8; first-order MAML 156, 152, 157 / 143 / 143 and 142 ms.
-    Chunks of 8 tasks (80 images) were the fastest for both, 0.80x and 0.92x ``per_task``.
+    Why, from measurements on 2 CPU cores (docs/timing.md, "Choosing the strategy"): with about
+    80 images per task (15 queries per class) ``per_task`` has the lowest peak memory and was as
+    fast as the chunked strategies; with MAML's few training images per task (1 query per class)
+    small batches leave the kernels' per-call cost unpaid, and chunks of about 80 images were the
+    fastest.
     """
     if device.type != "cpu":
         return "recompute" if backbone.tasks_forward is not None else "vmap"
@@ -164,9 +187,8 @@ def choose_path(backbone: Backbone, device: torch.device, images_per_task: int |
 
 def choose_layout(backbone: Backbone, device: torch.device) -> str:
     """The default layout: ``channels_last`` for image backbones on CPU, where oneDNN's
-    convolutions and PyTorch's max-pool and batch norm are vectorised for it (measured with
-    ``per_task`` on 2 cores: 0.71x vs 0.85x learn2learn's time at 1 inner step, 0.73-0.80x vs
-    0.93x at 5), else ``contiguous`` (not measured on CUDA yet)."""
+    convolutions and PyTorch's max-pool and batch norm are vectorised for it (faster on 2 cores
+    at 1 and 5 inner steps: docs/timing.md), else ``contiguous`` (not measured on CUDA yet)."""
     return "channels_last" if backbone.images and device.type == "cpu" else "contiguous"
 
 
@@ -254,33 +276,33 @@ def adapt_tasks(
     steps: int,
     inner_lr: float,
     create_graph: bool,
-    path: str = "batched",
+    strategy: str = "batched",
 ) -> Params:
-    """The inner loop for T tasks at once (paths ``batched`` and ``vmap``).
+    """The inner loop for T tasks at once (strategies ``batched`` and ``vmap``).
 
     Args:
         params: theta, name -> tensor (shared by all tasks).
         xs: support inputs ``[T, N*K, ...]``; ys: support targets ``[T, N*K, ...]``.
-        path: ``"batched"`` (the backbone's ``tasks_forward``) or ``"vmap"``.
+        strategy: ``"batched"`` (the backbone's ``tasks_forward``) or ``"vmap"``.
 
     Returns:
         name -> ``[T, *shape]``, the adapted parameters of each task, differentiable in
         ``params`` (twice if ``create_graph``).
 
     Raises:
-        ValueError: for ``path="batched"`` on a backbone without ``tasks_forward``.
+        ValueError: for ``strategy="batched"`` on a backbone without ``tasks_forward``.
     """
     tasks = xs.shape[0]
     names = list(params)
     fast = {n: p.unsqueeze(0).expand(tasks, *p.shape) for n, p in params.items()}
-    if path == "batched":
+    if strategy == "batched":
         if backbone.tasks_forward is None:
-            raise ValueError(f"backbone {backbone.name} has no task-batched forward: use path per_task or vmap")
+            raise ValueError(f"backbone {backbone.name} has no task-batched forward: use strategy per_task or vmap")
         for _ in range(steps):
             fast = _tasks_step(backbone, fast, xs, ys, inner_lr, create_graph)
         return fast
-    if path != "vmap":
-        raise ValueError(f"unknown path {path!r}: use one of {', '.join(PATHS)}")
+    if strategy != "vmap":
+        raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
 
     def support_loss(p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return backbone.loss(backbone.forward(p, x, "tensor_ops"), y)
@@ -339,7 +361,7 @@ SUPPORT_IMAGE_STEP_COST = 3.3
 
 
 def default_chunk(support_x: torch.Tensor, query_x: torch.Tensor, steps: int) -> int:
-    """Tasks per chunk of the ``chunked`` and ``recompute`` paths: as many as keep one chunk's
+    """Tasks per chunk of the ``chunked`` and ``recompute`` strategies: as many as keep one chunk's
     second-order support graph about the size of one task's query graph, at least 1.
 
     One support image kept for one inner step costs about as much peak memory as
@@ -369,13 +391,7 @@ def meta_gradient(
     support_y: torch.Tensor,
     query_x: torch.Tensor,
     query_y: torch.Tensor,
-    steps: int,
-    inner_lr: float,
-    first_order: bool = False,
-    path: str = "per_task",
-    query_forward: Callable[[Params, torch.Tensor], torch.Tensor] | None = None,
-    chunk: int | None = None,
-    layout: str = "contiguous",
+    options: CoreOptions,
 ) -> MetaGradient:
     """The MAML meta-gradient of a meta-batch (Finn et al. 2017, Alg. 2, lines 5-10).
 
@@ -384,33 +400,26 @@ def meta_gradient(
         params: theta, name -> tensor, each a leaf requiring grad.
         support_x: ``[T, N*K, ...]``; support_y: ``[T, N*K, ...]`` (T tasks of equal shape).
         query_x: ``[T, N*Q, ...]``; query_y: ``[T, N*Q, ...]``.
-        steps: inner gradient steps (>= 0). inner_lr: alpha (> 0).
-        first_order: drop the second derivatives (first-order MAML).
-        path: one of :data:`PATHS` (see the module docstring); all give the same meta-gradient
-            up to floating-point rounding.
-        query_forward: ``f(params, x) -> outputs`` for the query pass, differentiated once;
-            default: the backbone's forward with the fused batch norm. Pass a
-            ``torch.compile``-d one (:func:`compiled_query_forward`) to fuse it.
-        chunk: tasks per chunk of the ``chunked`` and ``recompute`` paths (default
-            :func:`default_chunk`); ignored by the other paths.
-        layout: one of :data:`LAYOUTS`: the images are copied channels-last first for
-            ``channels_last`` (image backbones only).
+        options: inner steps, inner learning rate, first or second order, strategy, query
+            forward, chunk and layout (:class:`CoreOptions`).
 
     Returns:
         A :class:`MetaGradient`: the gradient of ``mean_i L_query_i`` for every parameter, the
         per-task query losses and outputs. ``params``' ``.grad`` fields are not touched.
 
     Raises:
-        ValueError: for an unknown ``path`` or ``layout``, ``chunked``, ``batched`` or
-            ``recompute`` on a backbone without ``tasks_forward``, ``channels_last`` on a
-            backbone without image inputs, ``chunk < 1`` or ``steps < 0``.
+        ValueError: for an unknown strategy or layout; ``chunked``, ``batched`` or
+            ``recompute`` on a backbone without ``tasks_forward``; ``channels_last`` on a
+            backbone without image inputs; ``chunk < 1`` or ``steps < 0``.
     """
+    steps, inner_lr, first_order, strategy = options.steps, options.inner_lr, options.first_order, options.strategy
+    chunk, layout = options.chunk, options.layout
     if steps < 0:
         raise ValueError(f"inner steps must be >= 0, got {steps}")
-    if path not in PATHS:
-        raise ValueError(f"unknown path {path!r}: use one of {', '.join(PATHS)}")
-    if path in ("chunked", "batched", "recompute") and backbone.tasks_forward is None:
-        raise ValueError(f"backbone {backbone.name} has no task-batched forward: use path per_task or vmap")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    if strategy in ("chunked", "batched", "recompute") and backbone.tasks_forward is None:
+        raise ValueError(f"backbone {backbone.name} has no task-batched forward: use strategy per_task or vmap")
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
     if layout == "channels_last":
@@ -420,8 +429,8 @@ def meta_gradient(
     names = list(params)
     leaves = [params[n] for n in names]
     tasks = support_x.shape[0]
-    qf = query_forward or partial(backbone.forward, norm="native")
-    if path == "per_task":
+    qf = options.query_forward or partial(backbone.forward, norm="native")
+    if strategy == "per_task":
         total = [torch.zeros_like(p) for p in leaves]
         losses, outputs = [], []
         for t in range(tasks):
@@ -435,18 +444,18 @@ def meta_gradient(
         return MetaGradient(dict(zip(names, total)), torch.stack(losses), outputs)
     if chunk is None:
         # recompute keeps the graph of one inner step at a time.
-        chunk = default_chunk(support_x, query_x, 1 if path == "recompute" else steps)
-    size = tasks if path in ("batched", "vmap") else chunk
+        chunk = default_chunk(support_x, query_x, 1 if strategy == "recompute" else steps)
+    size = tasks if strategy in ("batched", "vmap") else chunk
     if size < 1:
         raise ValueError(f"chunk must be >= 1 task, got {size}")
     spans = [slice(c, min(c + size, tasks)) for c in range(0, tasks, size)]
-    if path == "recompute":
+    if strategy == "recompute":
         return _recompute(backbone, params, support_x, support_y, query_x, query_y, steps, inner_lr, first_order, qf, spans)
     grads = [torch.zeros_like(p) for p in leaves]
     losses, outputs = [], []
     for s in spans:
         fast = adapt_tasks(backbone, params, support_x[s], support_y[s], steps, inner_lr, not first_order,
-                           "vmap" if path == "vmap" else "batched")
+                           "vmap" if strategy == "vmap" else "batched")
         fast_grads, chunk_losses, chunk_outputs = _query_gradients(backbone, fast, query_x[s], query_y[s], qf, 1.0 / tasks)
         chunk_grads = torch.autograd.grad([fast[n] for n in names], leaves, fast_grads, allow_unused=True, materialize_grads=True)
         for acc, g in zip(grads, chunk_grads):
@@ -469,7 +478,7 @@ def _recompute(
     query_forward: Callable[[Params, torch.Tensor], torch.Tensor],
     spans: list[slice],
 ) -> MetaGradient:
-    """The ``recompute`` path: the chain rule split at every inner step, chunk by chunk.
+    """The ``recompute`` strategy: the chain rule split at every inner step, chunk by chunk.
 
     For the tasks of each chunk (``spans``):
 

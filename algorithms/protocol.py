@@ -305,7 +305,9 @@ def check_ranges(config: Any, learner: str) -> None:
 
 def apply_overrides(config: Any, overrides: Mapping[str, Any], learner: str) -> Any:
     """Return ``config`` (a frozen dataclass) with ``overrides`` applied, values coerced to type,
-    and its ranges checked (:func:`check_ranges`).
+    and its ranges checked (:func:`check_ranges`). A key the config class lists in its
+    ``RENAMED`` table (former name -> name) is read under its new name, so that configurations
+    and weights written before a rename still load.
 
     Raises:
         ConfigError: for an unknown hyperparameter name, a value of the wrong type or out of range.
@@ -313,8 +315,10 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any], learner: str) -> 
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"hyperparameters of {learner} must be a table of name = value ([hparams.{learner}] in a TOML file), got {overrides!r}")
     fields = {f.name: f for f in dataclasses.fields(config)}
+    renamed = getattr(config, "RENAMED", {})
     changes = {}
     for key, value in overrides.items():
+        key = renamed.get(key, key)
         if key not in fields:
             raise ConfigError(
                 f"unknown hyperparameter {learner}.{key}: choose one of {', '.join(sorted(fields))}"

@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--meta-batch", default="16", help="comma-separated meta-batch sizes, e.g. 1,4,16,32 (default 16)")
     t.add_argument("--inner-steps", default="1", help="comma-separated inner-step counts, e.g. 1,2,5,10 (default 1)")
     t.add_argument("--inner-lr", type=float, default=0.4, help="MAML's inner learning rate alpha (default 0.4)")
-    t.add_argument("--paths", default="auto", help="comma-separated MAML core paths: auto, per_task, chunked, batched, recompute, vmap (default auto)")
+    t.add_argument("--strategies", "--paths", dest="strategies", default="auto",
+                   help="comma-separated MAML core strategies: auto, per_task, chunked, batched, recompute, vmap (default "
+                        "auto; --paths is the former name)")
     t.add_argument("--layouts", default="auto", help="comma-separated MAML core image layouts: auto, contiguous, channels_last (default auto)")
     t.add_argument("--compile-query", default="off", help="comma-separated off, on: MAML's query pass under torch.compile (default off)")
     t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -342,7 +344,7 @@ def _time(args: argparse.Namespace) -> None:
         [v.strip() for v in args.shapes.split(",") if v.strip()],
         _ints(args.meta_batch, "--meta-batch"), _ints(args.inner_steps, "--inner-steps"),
         args.queries, args.inner_lr, device.type, args.reps, args.warmup,
-        [v.strip() for v in args.paths.split(",") if v.strip()], _switches(args.compile_query, "--compile-query"),
+        [v.strip() for v in args.strategies.split(",") if v.strip()], _switches(args.compile_query, "--compile-query"),
         [v.strip() for v in args.layouts.split(",") if v.strip()],
     )
     out = Path(args.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-time-{device.type}")

@@ -402,7 +402,7 @@ PEER_KEYS = ("learner", "ways", "shots", "queries", "meta_batch", "inner_steps",
 
 
 def peer_ratios(table: pd.DataFrame) -> pd.DataFrame:
-    """Each non-default implementation's time and memory relative to metabench's default path
+    """Each non-default implementation's time and memory relative to metabench's default strategy
     in the same setting, for the settings where a peer (not ``metabench``) was timed.
 
     Returns:
@@ -425,7 +425,7 @@ def peer_ratios(table: pd.DataFrame) -> pd.DataFrame:
 
 def peers_figure(ratios: pd.DataFrame) -> Figure:
     """Ours against the peers: each implementation's median step time (x) and peak memory (y)
-    divided by metabench's default path in the same setting (log-log). Points left of 1 are
+    divided by metabench's default strategy in the same setting (log-log). Points left of 1 are
     faster than ours, points below 1 use less memory. Colour: implementation; marker: setting.
 
     Args:
@@ -462,9 +462,9 @@ def peers_figure(ratios: pd.DataFrame) -> Figure:
     _plain_log_axis(ax.yaxis, ax.get_ylim())
     ax.set_xlabel("median step time / ours")
     ax.set_ylabel("peak memory / ours")
-    ax.set_title("Relative to metabench's default path (star) in the same setting")
+    ax.set_title("Relative to metabench's default strategy (star) in the same setting")
     star = Line2D([], [], marker="*", markersize=9, color=colours.get("metabench", "black"), mec="black", mew=0.4,
-                  linestyle="none", label="metabench (ours, default path)")
+                  linestyle="none", label="metabench (ours, default strategy)")
     handles = [star] + [Line2D([], [], marker="o", color=colours[lab], linestyle="none", label=lab) for lab in labels]
     handles += [Line2D([], [], marker=markers[k], color="0.3", mfc="white", linestyle="none", label=k) for k in settings]
     fig.legend(handles=handles, loc="outside lower center", ncols=2)

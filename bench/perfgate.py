@@ -166,7 +166,7 @@ def build_workload(name: str, maml_strategy: str = DEFAULT_MAML_STRATEGY) -> Wor
     Args:
         name: one of :data:`WORKLOADS`.
         maml_strategy: the MAML core strategy of ``maml`` and ``fomaml`` (``auto`` or one of
-            ``maml_core.PATHS``).
+            ``maml_core.STRATEGIES``).
 
     Raises:
         ConfigError: for an unknown workload or strategy.
@@ -177,7 +177,7 @@ def build_workload(name: str, maml_strategy: str = DEFAULT_MAML_STRATEGY) -> Wor
     if name not in WORKLOADS:
         raise ConfigError(f"unknown gate workload {name!r}: choose from {', '.join(WORKLOADS)}")
     maml_family = name in ("maml", "fomaml")
-    overrides = {"path": maml_strategy} if maml_family else {}
+    overrides = {"strategy": maml_strategy} if maml_family else {}
     learner = build_learner(name, 5, _IMAGE, 1000, "cpu", 0, overrides)
     shape = learner.train_shape(5, 1, 15)
     config = learner_config(name, overrides)

@@ -495,7 +495,7 @@ def timing_table(table: pd.DataFrame) -> Table:
         "Time and memory of one meta-training step (`metabench time`, synthetic Omniglot-shaped episodes). "
         f"Median and interquartile range (IQR) of the step time over {', '.join(map(str, reps))} timed repetitions; "
         "peak memory of one step above its start (CUDA allocator peak, or resident-set growth on CPU); "
-        "'/ ours': divided by the metabench row (default path) of the same setting. Bold: fastest and smallest "
+        "'/ ours': divided by the metabench row (default strategy) of the same setting. Bold: fastest and smallest "
         "memory of each setting (learner, shape, meta-batch, inner steps, device).")
     caption_tex = (
         r"Time and memory of one meta-training step (synthetic Omniglot-shaped episodes): median and interquartile "
@@ -639,7 +639,7 @@ def plan_figures(results: Sequence[SettingResult], timing: pd.DataFrame,
             f"all timing rows are from one device ({devices}): add a timing directory from another device "
             "(e.g. `metabench time --device cuda` on a GPU machine)")
         ratios = figures.peer_ratios(timing)
-        add("peers", "Implementations against metabench's default path in the same setting: median step time (x) and "
+        add("peers", "Implementations against metabench's default strategy in the same setting: median step time (x) and "
             "peak memory (y) as ratios, log-log; left of 1 is faster than ours, below 1 uses less memory. Absolute "
             "numbers: the timing table.",
             (lambda: figures.peers_figure(ratios)) if len(ratios) else None, 1,

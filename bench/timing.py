@@ -75,11 +75,11 @@ class Cell:
         reps: timed repetitions (>= 20 for a report). warmup: untimed steps before them.
         seed: seeds the weights and the episodes.
         check_gradient: for second-order MAML, also check the meta-gradient (:func:`gradient_check`).
-        path: our MAML core's path (``auto`` or one of ``maml_core.PATHS``); ignored by the
-            other learners and by peers.
+        strategy: our MAML core's strategy (``auto`` or one of ``maml_core.STRATEGIES``);
+            ignored by the other learners and by peers.
         compile_query: our MAML's query pass under ``torch.compile`` (compiled during warm-up).
         layout: our MAML core's image layout (``auto`` or one of ``maml_core.LAYOUTS``); like
-            ``path``.
+            ``strategy``.
     """
 
     implementation: str
@@ -95,17 +95,17 @@ class Cell:
     warmup: int
     seed: int = 0
     check_gradient: bool = True
-    path: str = "auto"
+    strategy: str = "auto"
     compile_query: bool = False
     layout: str = "auto"
 
     @property
     def label(self) -> str:
         """The implementation as shown in tables: ``metabench``, or
-        ``metabench[path,layout,compiled]`` for a MAML core path or layout other than the default
+        ``metabench[strategy,layout,compiled]`` for a MAML core strategy or layout other than the default
         or a compiled query pass."""
         if self.implementation == "metabench" and self.learner in ("maml", "fomaml"):
-            tags = [v for v in (self.path, self.layout) if v != "auto"] + (["compiled"] if self.compile_query else [])
+            tags = [v for v in (self.strategy, self.layout) if v != "auto"] + (["compiled"] if self.compile_query else [])
             if tags:
                 return f"metabench[{','.join(tags)}]"
         return self.implementation
@@ -131,7 +131,7 @@ def synthetic_episodes(cell: Cell, dtype: torch.dtype = torch.float32) -> list:
 def _overrides(cell: Cell) -> dict[str, Any]:
     o: dict[str, Any] = {"meta_batch": cell.meta_batch}
     if cell.learner in ("maml", "fomaml"):
-        o.update(train_inner_steps=cell.inner_steps, inner_lr=cell.inner_lr, train_queries=cell.queries, path=cell.path,
+        o.update(train_inner_steps=cell.inner_steps, inner_lr=cell.inner_lr, train_queries=cell.queries, strategy=cell.strategy,
                  compile_query=cell.compile_query, layout=cell.layout)
     elif cell.learner == "reptile":
         o.update(train_inner_steps=cell.inner_steps)
@@ -165,11 +165,11 @@ def _meta_gradients(
     cell: Cell, dtype: torch.dtype, configs: Sequence[tuple[str, str]]
 ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
     """The cell's meta-gradient in ``dtype`` on weights and episodes from ``cell.seed``: the
-    peer's (``None`` for ``metabench``) and ours for each ``(path, layout)`` of ``configs``,
+    peer's (``None`` for ``metabench``) and ours for each ``(strategy, layout)`` of ``configs``,
     flattened in :data:`~metabench.peers.CONV4_NAMES` order."""
     from metabench import peers
     from metabench.algorithms.backbones import Conv4
-    from metabench.algorithms.maml_core import CONV4, meta_gradient
+    from metabench.algorithms.maml_core import CONV4, CoreOptions, meta_gradient
 
     torch.manual_seed(cell.seed)
     params = dict(Conv4(1, 28, n_outputs=cell.ways).to(cell.device, dtype).named_parameters())
@@ -182,8 +182,9 @@ def _meta_gradients(
         peers.meta_gradient_step(cell.implementation, model, episodes, cell.inner_steps, cell.inner_lr, False)
         g_peer = torch.cat([p.grad.flatten() for p in model.parameters()])
     ours = []
-    for path, layout in configs:
-        g = meta_gradient(CONV4, params, *stack, cell.inner_steps, cell.inner_lr, False, path, layout=layout).grads
+    for strategy, layout in configs:
+        options = CoreOptions(cell.inner_steps, cell.inner_lr, strategy=strategy, layout=layout)
+        g = meta_gradient(CONV4, params, *stack, options).grads
         ours.append(torch.cat([g[n].flatten() for n in peers.CONV4_NAMES]))
     return g_peer, ours
 
@@ -195,8 +196,9 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def gradient_check(cell: Cell) -> dict[str, float]:
     """How exact the cell's second-order MAML meta-gradient is (relative L2 differences).
 
-    "Ours" is our core as the cell runs it: its path and layout, or the defaults for the device
-    (:func:`~metabench.algorithms.maml_core.choose_path`, ``choose_layout``) for a peer's cell.
+    "Ours" is our core as the cell runs it: its strategy and layout, or the defaults for the
+    device (:func:`~metabench.algorithms.maml_core.choose_strategy`, ``choose_layout``) for a
+    peer's cell.
 
     Returns:
         ``grad_rel_err_float32``: this row's float32 meta-gradient against ours in float64: its
@@ -206,11 +208,11 @@ def gradient_check(cell: Cell) -> dict[str, float]:
         unless the two run the same operations in the same order). Identical weights and
         episodes throughout.
     """
-    from metabench.algorithms.maml_core import CONV4, choose_layout, choose_path
+    from metabench.algorithms.maml_core import CONV4, choose_layout, choose_strategy
 
     device = torch.device(cell.device)
     ours = [(
-        choose_path(CONV4, device, cell.ways * (cell.shots + cell.queries)) if cell.path == "auto" else cell.path,
+        choose_strategy(CONV4, device, cell.ways * (cell.shots + cell.queries)) if cell.strategy == "auto" else cell.strategy,
         choose_layout(CONV4, device) if cell.layout == "auto" else cell.layout,
     )]
     peer64, (ours64,) = _meta_gradients(cell, torch.float64, ours)
@@ -320,14 +322,14 @@ def matmul_flops_per_s(device: str, n: int = 2048, reps: int = 10) -> float:
 def cells_for(
     implementations: Sequence[str], learners: Sequence[str], shapes: Sequence[str], meta_batches: Sequence[int],
     inner_steps: Sequence[int], queries: int, inner_lr: float, device: str, reps: int, warmup: int,
-    paths: Sequence[str] = ("auto",), compile_query: Sequence[bool] = (False,), layouts: Sequence[str] = ("auto",),
+    strategies: Sequence[str] = ("auto",), compile_query: Sequence[bool] = (False,), layouts: Sequence[str] = ("auto",),
 ) -> list[Cell]:
     """The cross product of the given lists; learners without an inner loop get one inner-steps
-    value (the first), peers only MAML, and ``paths``, ``compile_query`` and ``layouts`` apply
-    to our MAML and first-order MAML.
+    value (the first), peers only MAML, and ``strategies``, ``compile_query`` and ``layouts``
+    apply to our MAML and first-order MAML.
 
     Raises:
-        ConfigError: for an unknown implementation, learner, shape, path or layout, or
+        ConfigError: for an unknown implementation, learner, shape, strategy or layout, or
             ``reps`` < 1.
     """
     for impl in implementations:
@@ -339,11 +341,11 @@ def cells_for(
     for shape in shapes:
         if shape not in SHAPES:
             raise ConfigError(f"unknown shape {shape!r}: choose from {', '.join(SHAPES)}")
-    from metabench.algorithms.maml_core import LAYOUTS, PATHS
+    from metabench.algorithms.maml_core import LAYOUTS, STRATEGIES
 
-    for path in paths:
-        if path not in ("auto", *PATHS):
-            raise ConfigError(f"unknown path {path!r}: choose from auto, {', '.join(PATHS)}")
+    for strategy in strategies:
+        if strategy not in ("auto", *STRATEGIES):
+            raise ConfigError(f"unknown strategy {strategy!r}: choose from auto, {', '.join(STRATEGIES)}")
     for layout in layouts:
         if layout not in ("auto", *LAYOUTS):
             raise ConfigError(f"unknown layout {layout!r}: choose from auto, {', '.join(LAYOUTS)}")
@@ -359,11 +361,11 @@ def cells_for(
                 for mb in meta_batches:
                     for steps in (inner_steps if name in INNER_LOOP else inner_steps[:1]):
                         ours = impl == "metabench" and name in ("maml", "fomaml")
-                        for path in (paths if ours else ("auto",)):
+                        for strategy in (strategies if ours else ("auto",)):
                             for layout in (layouts if ours else ("auto",)):
                                 for compiled in (compile_query if ours else (False,)):
                                     cells.append(Cell(impl, name, ways, shots, queries, mb, steps, inner_lr, device, reps,
-                                                      warmup, path=path, compile_query=compiled, layout=layout))
+                                                      warmup, strategy=strategy, compile_query=compiled, layout=layout))
     return cells
 
 
@@ -408,8 +410,8 @@ def markdown(table: pd.DataFrame, matmul_rate: float, device_name: str) -> str:
         (f"Device: {device_name}. Matrix-multiply rate (float32 2048x2048, median of 10): "
         f"{matmul_rate / 1e9:.1f} GFLOP/s. Step time: median and interquartile range over the "
         f"repetitions{_rounds_text(table)}; memory: peak above the step's start (CUDA allocator, or resident-set growth on CPU); "
-        "ratios divide by the metabench row (default path and layout) of the same setting; grad diff: relative L2 "
-        "difference of the peer's meta-gradient from ours (default path and layout) on identical weights and episodes, "
+        "ratios divide by the metabench row (default strategy and layout) of the same setting; grad diff: relative L2 "
+        "difference of the peer's meta-gradient from ours (default strategy and layout) on identical weights and episodes, "
         "in float32 and in float64; f32 error: the row's float32 meta-gradient against ours in float64 (the rounding "
         "error that any float32 implementation has, and the scale of the f32 diff)."),
         "",

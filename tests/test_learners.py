@@ -214,6 +214,15 @@ def test_reptile_outer_update_and_annealing(omniglot_vinyals) -> None:
     assert learner.meta_step_size() == 0.0
 
 
+def test_maml_strategy_is_also_read_under_its_former_name() -> None:
+    """``path`` was the name of ``strategy``: configurations and kept weights written with it
+    still load (the committed runs' weights say ``path``; tests/test_protocols.py re-scores them)."""
+    assert learner_config("maml", {"path": "per_task"}).strategy == "per_task"
+    assert learner_config("fomaml", {"path": "recompute"}).strategy == "recompute"
+    with pytest.raises(ConfigError, match="unknown strategy 'fast' for maml: use --set maml.strategy=auto"):
+        build_learner("maml", 5, (1, 28, 28), 10, torch.device("cpu"), 0, {"path": "fast"})
+
+
 def test_hyperparameter_overrides_and_errors() -> None:
     cfg = learner_config("maml", {"inner_lr": "0.1", "first_order": "true", "train_queries": "none"})
     assert cfg.inner_lr == 0.1 and cfg.first_order is True and cfg.train_queries is None
@@ -311,12 +320,12 @@ def test_maml_chooses_and_checks_the_core_layout_and_path() -> None:
     contiguous and per task; a bad layout is a one-line error that names the fix."""
     images = build_learner("maml", 5, (1, 28, 28), 10, torch.device("cpu"), 0)
     assert images.layout == "channels_last"
-    assert images.core_path(80) == ("per_task", None) and images.core_path(10) == ("chunked", 8)
-    assert images.core_path(30) == ("chunked", 2) and images.core_path(41) == ("per_task", None)
-    other = build_learner("maml", 5, (1, 28, 28), 10, torch.device("cpu"), 0, {"layout": "contiguous", "path": "chunked"})
-    assert (other.core_path(10), other.layout) == (("chunked", None), "contiguous")
+    assert images.core_strategy(80) == ("per_task", None) and images.core_strategy(10) == ("chunked", 8)
+    assert images.core_strategy(30) == ("chunked", 2) and images.core_strategy(41) == ("per_task", None)
+    other = build_learner("maml", 5, (1, 28, 28), 10, torch.device("cpu"), 0, {"layout": "contiguous", "strategy": "chunked"})
+    assert (other.core_strategy(10), other.layout) == (("chunked", None), "contiguous")
     sine = build_learner("maml", 1, (1,), 10, torch.device("cpu"), 0)
-    assert (sine.core_path(20), sine.layout) == (("per_task", None), "contiguous")
+    assert (sine.core_strategy(20), sine.layout) == (("per_task", None), "contiguous")
     with pytest.raises(ConfigError, match=r"unknown layout 'nhwc' for maml: use --set maml.layout=auto\|contiguous\|channels_last"):
         build_learner("maml", 5, (1, 28, 28), 10, torch.device("cpu"), 0, {"layout": "nhwc"})
     with pytest.raises(ConfigError, match="maml.layout=channels_last needs image inputs: use --set maml.layout=auto"):

@@ -1,4 +1,4 @@
-"""The MAML core: exact meta-gradients (finite differences, float64), every path agreeing with the
+"""The MAML core: exact meta-gradients (finite differences, float64), every strategy agreeing with the
 others (float64 and float32), first order, and the vmap-over-nn.BatchNorm2d trap."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from metabench.algorithms.maml_core import (
     CONV4,
     LAYOUTS,
     MLP_REGRESSION,
-    PATHS,
+    STRATEGIES,
+    CoreOptions,
     adapt,
     compiled_query_forward,
     meta_gradient,
@@ -69,16 +70,16 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 CASES = [("conv4", "contiguous"), ("conv4", "channels_last"), ("sinusoid", "contiguous")]
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("steps", [1, 5])
 @pytest.mark.parametrize(("problem", "layout"), CASES)
-def test_meta_gradient_matches_finite_differences(problem: str, layout: str, steps: int, path: str) -> None:
-    """Second-order MAML's meta-gradient (every path, both image layouts) equals central finite
+def test_meta_gradient_matches_finite_differences(problem: str, layout: str, steps: int, strategy: str) -> None:
+    """Second-order MAML's meta-gradient (every strategy, both image layouts) equals central finite
     differences of the mean query loss after adaptation, in float64, along random directions;
     the first-order approximation does not."""
     backbone, params, batch, lr = PROBLEMS[problem](torch.float64)
-    grads = meta_gradient(backbone, params, *batch, steps, lr, False, path, layout=layout).grads
-    fo_grads = meta_gradient(backbone, params, *batch, steps, lr, True, path, layout=layout).grads
+    grads = meta_gradient(backbone, params, *batch, CoreOptions(steps, lr, False, strategy, layout=layout)).grads
+    fo_grads = meta_gradient(backbone, params, *batch, CoreOptions(steps, lr, True, strategy, layout=layout)).grads
     gen = torch.Generator().manual_seed(2)
     eps = 1e-6
     for _ in range(3):
@@ -86,7 +87,7 @@ def test_meta_gradient_matches_finite_differences(problem: str, layout: str, ste
 
         def loss_at(sign: float, direction: dict = direction) -> float:
             shifted = {n: (p + sign * eps * direction[n]).detach().requires_grad_(True) for n, p in params.items()}
-            return meta_gradient(backbone, shifted, *batch, steps, lr, False, "per_task").losses.mean().item()
+            return meta_gradient(backbone, shifted, *batch, CoreOptions(steps, lr, False, "per_task")).losses.mean().item()
 
         numeric = (loss_at(1.0) - loss_at(-1.0)) / (2 * eps)
         analytic = sum((grads[n] * direction[n]).sum() for n in params).item()
@@ -98,75 +99,75 @@ def test_meta_gradient_matches_finite_differences(problem: str, layout: str, ste
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("steps", [1, 5])
 @pytest.mark.parametrize("problem", PROBLEMS)
-def test_paths_agree_in_float64_and_float32(problem: str, steps: int, first_order: bool) -> None:
-    """Every path, in every layout the problem takes, gives the contiguous per-task path's
+def test_strategies_agree_in_float64_and_float32(problem: str, steps: int, first_order: bool) -> None:
+    """Every strategy, in every layout the problem takes, gives the contiguous per-task strategy's
     meta-gradient to <= 1e-10 (relative L2) in float64 and <= 1e-5 in float32, and the same
     query losses."""
     layouts = LAYOUTS if problem == "conv4" else ("contiguous",)
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
         backbone, params, batch, lr = PROBLEMS[problem](dtype)
-        ref = meta_gradient(backbone, params, *batch, steps, lr, first_order, "per_task")
-        for path in PATHS:
+        ref = meta_gradient(backbone, params, *batch, CoreOptions(steps, lr, first_order, "per_task"))
+        for strategy in STRATEGIES:
             for layout in layouts:
-                if (path, layout) == ("per_task", "contiguous"):
+                if (strategy, layout) == ("per_task", "contiguous"):
                     continue
-                got = meta_gradient(backbone, params, *batch, steps, lr, first_order, path, layout=layout)
-                assert rel_diff(flat(got.grads), flat(ref.grads)) <= tol, (path, layout, dtype)
-                assert torch.allclose(got.losses, ref.losses, rtol=100 * tol, atol=0), (path, layout, dtype)
+                got = meta_gradient(backbone, params, *batch, CoreOptions(steps, lr, first_order, strategy, layout=layout))
+                assert rel_diff(flat(got.grads), flat(ref.grads)) <= tol, (strategy, layout, dtype)
+                assert torch.allclose(got.losses, ref.losses, rtol=100 * tol, atol=0), (strategy, layout, dtype)
 
 
-@pytest.mark.parametrize("path", ["chunked", "recompute"])
+@pytest.mark.parametrize("strategy", ["chunked", "recompute"])
 @pytest.mark.parametrize("chunk", [1, 2, 3])
 @pytest.mark.parametrize("steps", [0, 1, 5])
-def test_chunk_sizes_agree(steps: int, chunk: int, path: str) -> None:
+def test_chunk_sizes_agree(steps: int, chunk: int, strategy: str) -> None:
     """The chunked and recompute paths give the per-task meta-gradient (float64, <= 1e-10) for
     every chunk size, including one that does not divide the meta-batch (2 of 3 tasks) and 0
     inner steps."""
     backbone, params, batch, lr = conv4_problem(torch.float64)
-    ref = meta_gradient(backbone, params, *batch, steps, lr, False, "per_task")
-    got = meta_gradient(backbone, params, *batch, steps, lr, False, path, chunk=chunk)
+    ref = meta_gradient(backbone, params, *batch, CoreOptions(steps, lr, False, "per_task"))
+    got = meta_gradient(backbone, params, *batch, CoreOptions(steps, lr, False, strategy, chunk=chunk))
     assert rel_diff(flat(got.grads), flat(ref.grads)) <= 1e-10
     assert torch.allclose(got.losses, ref.losses, rtol=1e-12, atol=0)
     assert [o.shape for o in got.outputs] == [o.shape for o in ref.outputs]
 
 
-@pytest.mark.parametrize("path", ["chunked", "recompute"])
-def test_empty_chunks_are_rejected(path: str) -> None:
+@pytest.mark.parametrize("strategy", ["chunked", "recompute"])
+def test_empty_chunks_are_rejected(strategy: str) -> None:
     backbone, params, batch, lr = conv4_problem(torch.float64)
     with pytest.raises(ValueError, match="chunk must be >= 1 task, got 0"):
-        meta_gradient(backbone, params, *batch, 1, lr, False, path, chunk=0)
+        meta_gradient(backbone, params, *batch, CoreOptions(1, lr, False, strategy, chunk=0))
 
 
 def test_bad_layouts_are_rejected() -> None:
     backbone, params, batch, lr = sinusoid_problem(torch.float64)
     with pytest.raises(ValueError, match="backbone mlp does not take images: use layout contiguous"):
-        meta_gradient(backbone, params, *batch, 1, lr, False, "per_task", layout="channels_last")
+        meta_gradient(backbone, params, *batch, CoreOptions(1, lr, False, "per_task", layout="channels_last"))
     with pytest.raises(ValueError, match="unknown layout 'nhwc': use one of contiguous, channels_last"):
-        meta_gradient(backbone, params, *batch, 1, lr, False, "per_task", layout="nhwc")
+        meta_gradient(backbone, params, *batch, CoreOptions(1, lr, False, "per_task", layout="nhwc"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("path", "layout"), [
+@pytest.mark.parametrize(("strategy", "layout"), [
     ("per_task", "contiguous"), ("chunked", "channels_last"), ("batched", "contiguous"), ("recompute", "channels_last"),
 ])
-def test_compiled_query_pass_agrees(path: str, layout: str) -> None:
+def test_compiled_query_pass_agrees(strategy: str, layout: str) -> None:
     """The query pass under torch.compile gives the eager meta-gradient (float64 <= 1e-10,
     float32 <= 1e-5, relative L2), for 1 and 5 inner steps, in either layout."""
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
         backbone, params, batch, lr = conv4_problem(dtype)
         compiled = compiled_query_forward(backbone)
         for steps in (1, 5):
-            ref = meta_gradient(backbone, params, *batch, steps, lr, False, "per_task")
-            got = meta_gradient(backbone, params, *batch, steps, lr, False, path, query_forward=compiled, layout=layout)
+            ref = meta_gradient(backbone, params, *batch, CoreOptions(steps, lr, False, "per_task"))
+            got = meta_gradient(backbone, params, *batch, CoreOptions(steps, lr, False, strategy, query_forward=compiled, layout=layout))
             assert rel_diff(flat(got.grads), flat(ref.grads)) <= tol, (dtype, steps)
 
 
-@pytest.mark.parametrize("path", PATHS)
-def test_first_order_is_query_gradient_at_adapted_parameters(path: str) -> None:
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_first_order_is_query_gradient_at_adapted_parameters(strategy: str) -> None:
     """First-order MAML's meta-gradient is the mean over tasks of grad L_query(theta'_i) with
     theta'_i held fixed (Finn et al. 2017, Sec. 5.2)."""
     backbone, params, (sx, sy, qx, qy), lr = conv4_problem(torch.float64)
-    got = meta_gradient(backbone, params, sx, sy, qx, qy, 2, lr, True, path).grads
+    got = meta_gradient(backbone, params, sx, sy, qx, qy, CoreOptions(2, lr, True, strategy)).grads
     expected = {n: torch.zeros_like(p) for n, p in params.items()}
     for t in range(TASKS):
         fast = adapt(backbone, params, sx[t], sy[t], 2, lr, create_graph=False)
@@ -177,18 +178,18 @@ def test_first_order_is_query_gradient_at_adapted_parameters(path: str) -> None:
     assert rel_diff(flat(got), flat(expected)) <= 1e-12
 
 
-def test_unknown_path_is_rejected() -> None:
+def test_unknown_strategy_is_rejected() -> None:
     backbone, params, batch, lr = sinusoid_problem(torch.float64)
-    with pytest.raises(ValueError, match="unknown path 'fast': use one of per_task, chunked, batched, recompute, vmap"):
-        meta_gradient(backbone, params, *batch, 1, lr, False, "fast")
+    with pytest.raises(ValueError, match="unknown strategy 'fast': use one of per_task, chunked, batched, recompute, vmap"):
+        meta_gradient(backbone, params, *batch, CoreOptions(1, lr, False, "fast"))
     with pytest.raises(ValueError, match="inner steps must be >= 0, got -1"):
-        meta_gradient(backbone, params, *batch, -1, lr, False, "recompute")
+        meta_gradient(backbone, params, *batch, CoreOptions(-1, lr, False, "recompute"))
 
 
 def test_agreement_check_catches_vmap_over_nn_batchnorm() -> None:
-    """The trap of the design notes: torch.func.vmap over a module with
+    """A trap found while designing the core: torch.func.vmap over a module with
     ``nn.BatchNorm2d(track_running_stats=False)`` returns wrong second-order meta-gradients
-    without an error. The float64 agreement check used above (<= 1e-10) rejects such a path."""
+    without an error. The float64 agreement check used above (<= 1e-10) rejects such a strategy."""
     _, params, (sx, sy, qx, qy), lr = conv4_problem(torch.float64)
     layers: list[nn.Module] = []
     for c_in in (1, 4, 4, 4):
@@ -205,7 +206,7 @@ def test_agreement_check_catches_vmap_over_nn_batchnorm() -> None:
     fast = {n: fast[n] - lr * grads[n] for n in names}
     loss = sum(F.cross_entropy(functional_call(module, {n: fast[n][t] for n in names}, (qx[t],)), qy[t]) for t in range(TASKS)) / TASKS
     naive = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(mapped.values()))])
-    ref = flat(meta_gradient(CONV4, params, sx, sy, qx, qy, 1, lr, False, "per_task").grads)
+    ref = flat(meta_gradient(CONV4, params, sx, sy, qx, qy, CoreOptions(1, lr, False, "per_task")).grads)
     diff = rel_diff(naive, ref)
     if diff <= 1e-10:
         pytest.skip(f"this torch ({torch.__version__}) no longer has the vmap/BatchNorm2d bug (difference {diff:.1e})")

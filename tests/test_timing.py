@@ -20,7 +20,7 @@ TINY = {"implementation": "metabench", "learner": "maml", "ways": 5, "shots": 1,
 
 
 def test_cells_cross_the_lists_and_skip_what_does_not_apply() -> None:
-    """Inner steps only multiply the inner-loop learners, paths, layouts and compilation only
+    """Inner steps only multiply the inner-loop learners, strategies, layouts and compilation only
     our MAML family, and peers get MAML only."""
     cells = timing.cells_for(["metabench", "learn2learn"], ["maml", "protonet"], ["5w1s", "20w5s"], [1, 4], [1, 5],
                              15, 0.4, "cpu", 20, 2, ["auto", "recompute"], [False, True], ["auto", "contiguous"])
@@ -39,7 +39,7 @@ def test_cells_cross_the_lists_and_skip_what_does_not_apply() -> None:
     ({"implementations": ["torchmeta"]}, "unknown implementation 'torchmeta'"),
     ({"learners": ["maml2"]}, "unknown learner 'maml2'"),
     ({"shapes": ["5w2s"]}, "unknown shape '5w2s'"),
-    ({"paths": ["fast"]}, "unknown path 'fast'"),
+    ({"strategies": ["fast"]}, "unknown strategy 'fast'"),
     ({"layouts": ["nhwc"]}, "unknown layout 'nhwc': choose from auto, contiguous, channels_last"),
     ({"reps": 0}, "--reps, --queries and --meta-batch must be >= 1"),
 ])
@@ -65,7 +65,7 @@ def test_one_cell_measures_time_memory_flops_and_float32_error() -> None:
 def test_summary_rows_ratios_and_markdown() -> None:
     """Rows carry median/IQR in ms and the matmul fraction; ratios divide by the default row of
     the same setting; the Markdown table has one line per row."""
-    cells = [timing.Cell(**TINY), timing.Cell(**{**TINY, "path": "per_task"})]
+    cells = [timing.Cell(**TINY), timing.Cell(**{**TINY, "strategy": "per_task"})]
     results = [{"times_s": [0.1, 0.2, 0.3, 0.4], "peak_memory_bytes": 2**21, "flops": 4e9},
                {"times_s": [0.3, 0.3, 0.3, 0.3], "peak_memory_bytes": 2**20, "flops": 4e9}]
     table = timing.add_ratios(pd.DataFrame([timing.summarize(c, r, 1e11) for c, r in zip(cells, results)]))
@@ -81,7 +81,7 @@ def test_time_command_writes_the_directory(tmp_path, capsys) -> None:
     """End to end through the CLI: JSON, CSV, Markdown and environment, one row per cell."""
     out = tmp_path / "timing"
     code = main(["time", "--learners", "maml,protonet", "--meta-batch", "2", "--queries", "2", "--reps", "2",
-                 "--warmup", "0", "--paths", "auto,recompute", "--out", str(out), "--quiet"])
+                 "--warmup", "0", "--strategies", "auto,recompute", "--out", str(out), "--quiet"])
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == ["environment.json", "timing.csv", "timing.json", "timing.md"]
     table = pd.read_csv(out / "timing.csv")
@@ -124,13 +124,13 @@ def test_rounds_interleave_cells_and_pool_their_times(monkeypatch) -> None:
     calls = []
 
     def fake_worker(cell, timeout=None, times_only=False):
-        calls.append((cell.path, cell.reps, times_only))
+        calls.append((cell.strategy, cell.reps, times_only))
         t = [0.1 * len(calls)] * cell.reps
         return {"times_s": t} if times_only else {"times_s": t, "peak_memory_bytes": 2**20, "flops": 1e9}
 
     monkeypatch.setattr(timing, "run_in_worker", fake_worker)
     monkeypatch.setattr(timing, "matmul_flops_per_s", lambda device: 1e11)
-    cells = [timing.Cell(**{**TINY, "reps": 5}), timing.Cell(**{**TINY, "reps": 5, "path": "per_task"})]
+    cells = [timing.Cell(**{**TINY, "reps": 5}), timing.Cell(**{**TINY, "reps": 5, "strategy": "per_task"})]
     table, _ = timing.measure(cells, progress=False, rounds=3)
     assert calls == [("auto", 2, False), ("per_task", 2, False), ("auto", 2, True), ("per_task", 2, True),
                      ("auto", 1, True), ("per_task", 1, True)]

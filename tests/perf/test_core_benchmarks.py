@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from metabench.algorithms import build_learner
-from metabench.algorithms.maml_core import CONV4, meta_gradient
+from metabench.algorithms.maml_core import CONV4, CoreOptions, meta_gradient
 from metabench.timing import Cell, synthetic_episodes
 
 CELL = Cell("metabench", "maml", 5, 1, 15, 4, 1, 0.4, "cpu", 1, 0)
@@ -24,17 +24,17 @@ def _stacked(steps: int) -> tuple:
 
 
 @pytest.mark.parametrize("steps", [1, 5])
-@pytest.mark.parametrize(("path", "layout"), [
+@pytest.mark.parametrize(("strategy", "layout"), [
     ("per_task", "contiguous"), ("per_task", "channels_last"), ("chunked", "channels_last"),
     ("batched", "channels_last"), ("recompute", "channels_last"),
 ])
-def test_maml_meta_gradient(benchmark, path: str, layout: str, steps: int) -> None:
+def test_maml_meta_gradient(benchmark, strategy: str, layout: str, steps: int) -> None:
     """The second-order MAML meta-gradient of a meta-batch of 4 (core only, no optimizer)."""
     torch.manual_seed(0)
     learner = build_learner("maml", 5, (1, 28, 28), 10, "cpu", 0)
     params = dict(learner.model.named_parameters())
     batch = _stacked(steps)
-    result = benchmark(meta_gradient, CONV4, params, *batch, steps, 0.4, False, path, layout=layout)
+    result = benchmark(meta_gradient, CONV4, params, *batch, CoreOptions(steps, 0.4, False, strategy, layout=layout))
     assert torch.isfinite(torch.cat([g.flatten() for g in result.grads.values()])).all()
 
 
