@@ -20,7 +20,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-LEARN2LEARN = "learn2learn==0.2.0"
+ROOT = Path(__file__).resolve().parents[1]
+CONSTRAINTS = str(ROOT / "constraints.txt")
+LEARN2LEARN_VERSION = "0.2.0"
 PEER_PACKAGES = ["higher==0.2.1", "requests", "urllib3", "idna", "charset-normalizer", "certifi", "scipy"]
 GYM = "gym==0.26.2"
 
@@ -30,20 +32,21 @@ def pip(*args: str) -> None:
 
 
 def main() -> int:
-    pip("install", "-c", "constraints.txt", "cython>=3")
+    # --no-build-isolation builds with what is installed: Cython 3, and a setuptools that has bdist_wheel
+    pip("install", "-c", CONSTRAINTS, "cython>=3", "setuptools>=70.1")
     with tempfile.TemporaryDirectory(prefix="learn2learn-") as tmp:
         build = Path(tmp)
-        pip("download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation", "-d", str(build), LEARN2LEARN)
-        with tarfile.open(build / "learn2learn-0.2.0.tar.gz") as tar:
-            tar.extractall(build, filter="data")
-        src = build / "learn2learn-0.2.0"
+        pip("download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation", "-d", str(build), f"learn2learn=={LEARN2LEARN_VERSION}")
+        with tarfile.open(build / f"learn2learn-{LEARN2LEARN_VERSION}.tar.gz") as tar:
+            tar.extractall(build, filter="data")  # (Python >= 3.10.12 / 3.11.4)
+        src = build / f"learn2learn-{LEARN2LEARN_VERSION}"
         pyx = sorted((src / "learn2learn" / "data").glob("*.pyx"))
         for c_file in (p.with_suffix(".c") for p in pyx):
             c_file.unlink(missing_ok=True)
         subprocess.run([sys.executable, "-m", "Cython.Build.Cythonize", "-3", "-q", *map(str, pyx)], check=True)
-        pip("install", "--no-deps", "--no-build-isolation", "-c", "constraints.txt", str(src))
-    pip("install", "--no-deps", "-c", "constraints.txt", *PEER_PACKAGES)
-    pip("install", "--no-deps", "--no-build-isolation", "-c", "constraints.txt", GYM)
+        pip("install", "--no-deps", "--no-build-isolation", "-c", CONSTRAINTS, str(src))
+    pip("install", "--no-deps", "-c", CONSTRAINTS, *PEER_PACKAGES)
+    pip("install", "--no-deps", "--no-build-isolation", "-c", CONSTRAINTS, GYM)
     check = ("from metabench.peers import import_learn2learn, import_higher; "
              "import_learn2learn(); import_higher(); print('peers importable: learn2learn, higher')")
     subprocess.run([sys.executable, "-c", check], check=True)

@@ -25,6 +25,9 @@ from .reptile import Reptile
 LEARNERS: dict[str, type[MetaLearner]] = {
     cls.name: cls for cls in (MAML, FirstOrderMAML, Reptile, ProtoNet, MatchingNet, Pretrained)
 }
+#: The meta-learners the suite benchmarks, in table order: what ``metabench run`` trains by default
+#: and ``metabench time`` and ``metabench gate`` time (``pretrained`` is a baseline, not one of them).
+META_LEARNERS: tuple[str, ...] = ("maml", "fomaml", "reptile", "protonet", "matchingnet")
 
 
 def learner_config(name: str, overrides: Mapping[str, Any] | None = None, kind: str = "classification") -> Any:

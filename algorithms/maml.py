@@ -126,6 +126,7 @@ class MAML(MetaLearner):
     #: When training to convergence: about 6 minutes of training on 2 CPU cores (0.34-0.39 s per
     #: meta-iteration) between validations of 1000 episodes (about 40 s).
     VALIDATE_EVERY: ClassVar[int] = 1000
+    INNER_LOOP: ClassVar[bool] = True
 
     def __init__(self, config: MAMLConfig, ways, image_shape, total_iterations, device, seed) -> None:
         super().__init__(config, ways, image_shape, total_iterations, device, seed)

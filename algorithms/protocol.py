@@ -70,7 +70,8 @@ class MetaLearner(ABC):
     preset, ``paper`` being the paper's count; ``VALIDATE_EVERY``: iterations between validations
     when training to convergence), whether its test episodes are worth spreading over worker
     processes on CPU (``TEST_IN_WORKERS``: only where one episode's adaptation takes long enough
-    to repay the processes' start-up), and implement the abstract methods. A new learner is its file
+    to repay the processes' start-up), whether its meta-training step has an inner loop of
+    gradient steps (``INNER_LOOP``: then ``metabench time --inner-steps`` applies), and implement the abstract methods. A new learner is its file
     plus one line in :data:`metabench.algorithms.LEARNERS`.
 
     Learners that keep state besides the network and ``self.optimizer`` /
@@ -98,6 +99,7 @@ class MetaLearner(ABC):
     REGRESSION_ITERATIONS: ClassVar[dict[str, int]] = {}
     VALIDATE_EVERY: ClassVar[int] = 1000
     TEST_IN_WORKERS: ClassVar[bool] = False
+    INNER_LOOP: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -120,6 +120,7 @@ class Reptile(MetaLearner):
     #: about 380 to 262 ms per episode on 2 CPU cores (the other learners' few steps or single
     #: pass, 30-70 ms, do not repay the processes' start-up).
     TEST_IN_WORKERS: ClassVar[bool] = True
+    INNER_LOOP: ClassVar[bool] = True
 
     def __init__(self, config: ReptileConfig, ways, image_shape, total_iterations, device, seed) -> None:
         super().__init__(config, ways, image_shape, total_iterations, device, seed)

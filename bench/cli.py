@@ -168,7 +168,7 @@ def add_gate_arguments(sub: Any) -> None:
                         "recompute is the known-slow one, to see the gate fail)")
     g.add_argument("--record", metavar="DIR", help="measure --repeats times in fresh processes and write a new "
                                                    "baseline folder DIR instead of gating")
-    g.add_argument("--repeats", type=int, default=5, help="--record: fresh processes (default 5)")
+    g.add_argument("--repeats", type=int, help=f"--record: fresh processes (default {perfgate.REPEATS})")
 
 
 def add_sweep_arguments(sub: Any) -> None:
@@ -369,10 +369,16 @@ def _gate(args: argparse.Namespace) -> int:
         print(text, file=sys.stderr)
 
     if args.record:
-        perfgate.record(Path(args.record), workloads, args.rounds, args.repeats, progress=say)
+        if args.maml_strategy != perfgate.DEFAULT_MAML_STRATEGY:
+            raise ConfigError(f"a baseline is recorded with the default MAML strategy "
+                              f"({perfgate.DEFAULT_MAML_STRATEGY}): leave out --maml-strategy with --record")
+        repeats = perfgate.REPEATS if args.repeats is None else args.repeats
+        perfgate.record(Path(args.record), workloads, args.rounds, repeats, progress=say)
         print((Path(args.record) / "baseline.md").read_text())
         print(f"baseline folder: {args.record}")
         return 0
+    if args.repeats is not None:
+        raise ConfigError("--repeats applies to --record only: leave it out, or record a baseline with --record DIR")
     verdicts, text = perfgate.gate(Path(args.baseline), workloads, args.rounds, args.maml_strategy, progress=say)
     print(text)
     failed = verdicts.loc[~verdicts["passed"], "workload"].tolist()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metabench.algorithms import LEARNERS, learner_config
+from metabench.algorithms import LEARNERS, META_LEARNERS, learner_config
 from metabench.datasets import DATASETS
 from metabench.errors import ConfigError
 from metabench.protocols import protocol_class, standard
@@ -184,7 +184,7 @@ class RunConfig:
     ways: int = 5
     shots: int = 1
     queries: int = 15
-    learners: tuple[str, ...] = ("maml", "fomaml", "reptile", "protonet", "matchingnet")
+    learners: tuple[str, ...] = META_LEARNERS
     skipped: Mapping[str, str] = field(default_factory=dict)
     budget: str = "quick"
     iterations: Mapping[str, int] = field(default_factory=dict)

@@ -32,8 +32,8 @@ from matplotlib.ticker import (
 
 from metabench import style
 
-#: Learners of ``metabench time`` whose step has an inner loop (mirrors ``metabench.timing.INNER_LOOP``;
-#: kept here so that figures do not import torch).
+#: Learners of ``metabench time`` whose step has an inner loop (their classes' ``INNER_LOOP``, as
+#: ``metabench.timing.INNER_LOOP``; copied so that figures need no torch, and checked by a test).
 INNER_LOOP = ("maml", "fomaml", "reptile")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 

@@ -10,7 +10,7 @@ synthetic Omniglot-shaped episodes, :func:`metabench.timing.synthetic_episodes`)
   and ``nn.MaxPool2d`` (Finn et al. 2017, Alg. 2, lines 5-10, as the algorithm reads), then one
   Adam step: what a user would write without our core.
 * Reptile, Prototypical Networks and Matching Networks: a fixed convolution workload, one forward
-  and backward pass of that Conv4 over as many images as the learner's step reads, then one Adam
+  and backward pass of that Conv4 over as many images as the step's episodes hold, then one Adam
   step.
 
 Both are timed in the same process, **interleaved**: every round times the reference and the
@@ -59,6 +59,8 @@ THRESHOLD = 0.30
 #: Timed rounds per workload (one step and one reference each) after :data:`WARMUP` untimed ones.
 ROUNDS = 15
 WARMUP = 2
+#: Fresh processes a recorded baseline measures (its spread comes from them).
+REPEATS = 5
 #: The baseline this project commits (relative to the repository root, where CI and nox run).
 DEFAULT_BASELINE = Path("results/perf-gate-cpu")
 #: The MAML core strategy of the gate's MAML workloads: ``auto``, what the learners use. Another
@@ -159,6 +161,23 @@ def reference_convolutions(images: int) -> tuple[Callable[[], None], nn.Module]:
     return step, model
 
 
+def check_request(workloads: Sequence[str], maml_strategy: str = DEFAULT_MAML_STRATEGY) -> None:
+    """Refuse a gate request before anything is measured.
+
+    Raises:
+        ConfigError: for no workloads, an unknown workload, or an unknown MAML strategy.
+    """
+    from metabench.algorithms.maml_core import STRATEGIES
+
+    if not workloads:
+        raise ConfigError(f"no gate workloads given: pass --workloads with some of {', '.join(WORKLOADS)}")
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        raise ConfigError(f"unknown gate workload {unknown[0]!r}: choose from {', '.join(WORKLOADS)}")
+    if maml_strategy not in ("auto", *STRATEGIES):
+        raise ConfigError(f"unknown MAML strategy {maml_strategy!r}: pass --maml-strategy auto or one of {', '.join(STRATEGIES)}")
+
+
 def build_workload(name: str, maml_strategy: str = DEFAULT_MAML_STRATEGY) -> Workload:
     """Workload ``name``: the learner's meta-training step on a meta-batch of synthetic episodes
     of its training shape, and its reference (module docstring).
@@ -174,8 +193,7 @@ def build_workload(name: str, maml_strategy: str = DEFAULT_MAML_STRATEGY) -> Wor
     from metabench.algorithms import build_learner, learner_config
     from metabench.timing import Cell, synthetic_episodes
 
-    if name not in WORKLOADS:
-        raise ConfigError(f"unknown gate workload {name!r}: choose from {', '.join(WORKLOADS)}")
+    check_request([name], maml_strategy)
     maml_family = name in ("maml", "fomaml")
     overrides = {"strategy": maml_strategy} if maml_family else {}
     learner = build_learner(name, 5, _IMAGE, 1000, "cpu", 0, overrides)
@@ -187,7 +205,7 @@ def build_workload(name: str, maml_strategy: str = DEFAULT_MAML_STRATEGY) -> Wor
     if maml_family:
         reference, model = reference_maml(episodes, shape.ways, config.train_inner_steps, config.inner_lr,
                                           config.first_order)
-    else:
+    else:  # as many images as the step's episodes hold
         reference, model = reference_convolutions(sum(e.support_x.shape[0] + e.query_x.shape[0] for e in episodes))
     return Workload(lambda: learner.meta_train_step(episodes), reference, learner, model)
 
@@ -266,7 +284,8 @@ def load_baseline(folder: Path) -> Baseline:
     """
     path = Path(folder) / "baseline.json"
     if not path.is_file():
-        raise ConfigError(f"no gate baseline at {path}: record one with `metabench gate --record {folder}` or pass --baseline")
+        raise ConfigError(f"no gate baseline at {path}: run from the repository root (the default is relative to it), "
+                          f"pass --baseline DIR, or record one with `metabench gate --record {folder}`")
     try:
         raw = json.loads(path.read_text())
         return Baseline({k: float(v) for k, v in raw["ratios"].items()},
@@ -312,9 +331,14 @@ def verdict_markdown(verdicts: pd.DataFrame, baseline: Baseline, here: dict[str,
               f"+{100 * threshold:.0f}% of the baseline."),
              (f"Baseline: {m.get('cpu')}, torch {m.get('torch')}, {m.get('torch_threads')} threads, "
               f"{baseline.rounds} rounds x {repeats} repeats. "
-              f"This run: {here['cpu']}, torch {here['torch']}, {here['torch_threads']} threads."), "",
-             "| workload | baseline ratio | measured ratio | change | limit | verdict |",
-             "|---|---:|---:|---:|---:|---|"]
+              f"This run: {here['cpu']}, torch {here['torch']}, {m.get('torch_threads')} threads."), ""]
+    if here["cpu"] != m.get("cpu") or here["torch"] != m.get("torch"):
+        lines += [(f"Note: the baseline was recorded on another CPU or torch ({m.get('cpu')}, torch {m.get('torch')}); "
+                   f"ratios can differ between kinds of machine: record one here with `metabench gate --record DIR` "
+                   f"and pass --baseline DIR."), ""]
+    lines += [
+              "| workload | baseline ratio | measured ratio | change | limit | verdict |",
+              "|---|---:|---:|---:|---:|---|"]
     for row in verdicts.itertuples():
         lines.append(f"| {row.workload} | {row.baseline:.3f} | {row.measured:.3f} | {row.change_pct:+.1f}% | "
                      f"{row.limit:.3f} | {_verdict(row.passed, getattr(row, 'confirmed', False))} |")
@@ -338,23 +362,32 @@ def gate(baseline_dir: Path = DEFAULT_BASELINE, workloads: Sequence[str] = WORKL
 
     Returns:
         ``(verdicts, markdown)``: :func:`check`'s frame (with ``confirmed``: whether a second
-        measurement was taken) and :func:`verdict_markdown`'s table.
+        measurement was taken) and :func:`verdict_markdown`'s table. The measurement runs with
+        the baseline's torch thread count (restored afterwards).
 
     Raises:
-        ConfigError: for a missing or malformed baseline, an unknown workload or strategy.
+        ConfigError: for a missing or malformed baseline, one without a ratio for a requested
+            workload, no or an unknown workload, or an unknown MAML strategy.
     """
-    baseline = load_baseline(baseline_dir)  # before measuring: a missing baseline costs nothing
-    unknown = [w for w in workloads if w not in WORKLOADS]
-    if unknown:
-        raise ConfigError(f"unknown gate workload {unknown[0]!r}: choose from {', '.join(WORKLOADS)}")
-    measured = medians(measure(workloads, rounds, maml_strategy, progress))
-    first = check(measured, baseline)
-    again = first.loc[~first["passed"], "workload"].tolist()
-    if again:
-        if progress:
-            progress(f"above the limit: {', '.join(again)}; measuring again to confirm")
-        second = medians(measure(again, rounds, maml_strategy, progress))
-        measured = {w: min(r, second.get(w, r)) for w, r in measured.items()}
+    baseline = load_baseline(baseline_dir)  # before measuring: bad input costs nothing
+    check_request(workloads, maml_strategy)
+    missing = [w for w in workloads if w not in baseline.ratios]
+    if missing:
+        raise ConfigError(f"the baseline {baseline_dir} has no ratio for {', '.join(missing)}: record it again with "
+                          f"`metabench gate --record DIR` or leave {missing[0]} out of --workloads")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(baseline.machine.get("torch_threads") or threads))  # the ratios depend on it
+    try:
+        measured = medians(measure(workloads, rounds, maml_strategy, progress))
+        first = check(measured, baseline)
+        again = first.loc[~first["passed"], "workload"].tolist()
+        if again:
+            if progress:
+                progress(f"above the limit: {', '.join(again)}; measuring again to confirm")
+            second = medians(measure(again, rounds, maml_strategy, progress))
+            measured = {w: min(r, second.get(w, r)) for w, r in measured.items()}
+    finally:
+        torch.set_num_threads(threads)
     verdicts = check(measured, baseline).assign(confirmed=lambda f: f["workload"].isin(again))
     return verdicts, verdict_markdown(verdicts, baseline, machine())
 
@@ -363,29 +396,36 @@ def _measure_in_worker(workloads: Sequence[str], rounds: int, maml_strategy: str
     """:func:`measure` in a fresh ``python -m metabench.perfgate`` process (its rows)."""
     done = subprocess.run([sys.executable, "-m", "metabench.perfgate", ",".join(workloads), str(rounds), maml_strategy],
                           capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise ConfigError(f"a gate worker failed ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})")
-    return pd.DataFrame(json.loads(done.stdout))
+    last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
+    try:
+        if done.returncode == 0:
+            return pd.DataFrame(json.loads(done.stdout.strip().splitlines()[-1]))
+    except (ValueError, IndexError):
+        last = "its output was not the rows' JSON"
+    raise ConfigError(f"a gate worker failed ({last}): run `python -m metabench.perfgate {','.join(workloads)} {rounds} "
+                      f"{maml_strategy}` to see why")
 
 
-def record(out: Path, workloads: Sequence[str] = WORKLOADS, rounds: int = ROUNDS, repeats: int = 5,
+def record(out: Path, workloads: Sequence[str] = WORKLOADS, rounds: int = ROUNDS, repeats: int = REPEATS,
            progress: Callable[[str], None] | None = None) -> Baseline:
     """Measure ``repeats`` times, each in a fresh process, and write a baseline folder ``out``
     atomically: ``baseline.json`` (median ratios, each repeat's, the machine, rounds, threshold),
     ``rounds.csv`` (every round of every repeat) and ``baseline.md`` (the table with spreads).
 
     Raises:
-        ConfigError: if ``out`` exists or cannot be written, ``repeats < 2`` (no spread), or a
-            worker fails.
+        ConfigError: if ``out`` exists or cannot be written, ``repeats < 2`` (no spread),
+            ``rounds < 1``, no or an unknown workload, or a worker fails.
     """
     from metabench.outdir import check_writable, write_atomically
 
     if repeats < 2:
         raise ConfigError(f"a baseline needs --repeats 2 or more to show its spread, got {repeats}")
+    if rounds < 1:
+        raise ConfigError(f"the gate needs rounds >= 1, got {rounds}: pass --rounds 1 or more")
+    if Path(out).exists():
+        raise ConfigError(f"baseline folder {out} already exists: pass another --record DIR or delete it")
     check_writable(out, "baseline folder")
-    unknown = [w for w in workloads if w not in WORKLOADS]
-    if unknown:
-        raise ConfigError(f"unknown gate workload {unknown[0]!r}: choose from {', '.join(WORKLOADS)}")
+    check_request(workloads)
     frames = []
     for i in range(repeats):
         frame = _measure_in_worker(workloads, rounds, DEFAULT_MAML_STRATEGY)

@@ -476,13 +476,15 @@ GROUP_KEYS = ["learner", "ways", "shots", "queries", "meta_batch", "inner_steps"
 def timing_table(table: pd.DataFrame) -> Table:
     """The timing rows as a table; within each setting (learner, shape, meta-batch, inner steps,
     device) the fastest median and the smallest peak memory are bold."""
+    from metabench.figures import INNER_LOOP
+
     data = table.reset_index(drop=True)
     fastest = data.groupby(GROUP_KEYS, sort=False)["median_ms"].transform("min") == data["median_ms"]
     mem = data["peak_memory_mib"]
     least = (data.groupby(GROUP_KEYS, sort=False)["peak_memory_mib"].transform("min") == mem) & mem.notna()
     rows = []
     for i, r in data.iterrows():
-        steps = str(int(r.inner_steps)) if r.learner in ("maml", "fomaml", "reptile") else "—"
+        steps = str(int(r.inner_steps)) if r.learner in INNER_LOOP else "—"
         rows.append((
             Cell(str(r.label)), Cell(str(r.learner)), Cell(f"{r.ways}-way {r.shots}-shot"), Cell(str(r.meta_batch)),
             Cell(steps), Cell(str(r.device_name)), Cell(f"{r.median_ms:.1f}", bold=bool(fastest[i])),

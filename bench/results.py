@@ -32,7 +32,6 @@ SUMMARY_COLUMNS = ("learner", "name", "meta_iterations", "meta_train_s", "test_m
 CURVE_COLUMNS = ("seed", "learner", "iteration", "train_seconds", "val_accuracy", "val_ci95")
 TIMING_COLUMNS = ("label", "implementation", "learner", "ways", "shots", "queries", "meta_batch", "inner_steps",
                   "device", "reps", "median_ms", "iqr_ms", "peak_memory_mib")
-DATASET_TITLES = {"omniglot": "Omniglot", "miniimagenet": "miniImageNet"}
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,10 @@ class Setting:
     @property
     def group(self) -> str:
         """``Omniglot (vinyals)``: the heading over a table's columns of one dataset and split."""
-        return f"{DATASET_TITLES.get(self.dataset, self.dataset)} ({self.split})"
+        from metabench.datasets import DATASETS  # the registry's titles (no torch import)
+
+        info = DATASETS.get(self.dataset)
+        return f"{info.title if info else self.dataset} ({self.split})"
 
     @property
     def column(self) -> str:

@@ -34,7 +34,9 @@ ROW_HEIGHT = 2.4
 EXTRA_HEIGHT = 0.9
 FORMATS = ("png", "pdf")
 
-#: Learners and implementations in the order their colours are assigned (others follow).
+#: Learners and implementations in the order their colours are assigned (others follow). The
+#: learners are ``metabench.algorithms.META_LEARNERS``, copied so that reports need no torch
+#: (tests/test_report.py checks the copy).
 KNOWN_LEARNERS = ("maml", "fomaml", "reptile", "protonet", "matchingnet")
 KNOWN_IMPLEMENTATIONS = ("metabench", "metabench[per_task]", "metabench[batched]", "metabench[vmap]",
                          "learn2learn", "higher")

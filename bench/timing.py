@@ -51,12 +51,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from metabench.algorithms import LEARNERS, META_LEARNERS
 from metabench.errors import ConfigError
 
 IMPLEMENTATIONS = ("metabench", "learn2learn", "higher")
-TIMED_LEARNERS = ("maml", "fomaml", "reptile", "protonet", "matchingnet")
-# Learners whose step has an inner loop, so that --inner-steps applies.
-INNER_LOOP = ("maml", "fomaml", "reptile")
+TIMED_LEARNERS = META_LEARNERS
+#: Learners whose step has an inner loop, so that --inner-steps applies (their ``INNER_LOOP``).
+INNER_LOOP = tuple(n for n in TIMED_LEARNERS if LEARNERS[n].INNER_LOOP)
 SHAPES = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 
 

@@ -91,7 +91,7 @@ def test_gate_confirms_a_failure_with_a_second_measurement(tmp_path: Path, monke
 
 def test_bad_baselines_and_workloads_are_refused_before_measuring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(perfgate, "measure", lambda *a, **k: pytest.fail("measured despite bad input"))
-    with pytest.raises(ConfigError, match=r"no gate baseline at .*metabench gate --record"):
+    with pytest.raises(ConfigError, match=r"no gate baseline at .*repository root.*metabench gate --record"):
         perfgate.gate(tmp_path / "missing")
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -101,6 +101,12 @@ def test_bad_baselines_and_workloads_are_refused_before_measuring(tmp_path: Path
     good = _write(tmp_path / "good", _baseline(maml=0.8))
     with pytest.raises(ConfigError, match="unknown gate workload 'sgd'"):
         perfgate.gate(good, ["sgd"])
+    with pytest.raises(ConfigError, match="baseline .* has no ratio for protonet: record it again"):
+        perfgate.gate(good, ["maml", "protonet"])
+    with pytest.raises(ConfigError, match="unknown MAML strategy 'fast': pass --maml-strategy auto or one of per_task"):
+        perfgate.gate(good, ["maml"], maml_strategy="fast")
+    with pytest.raises(ConfigError, match="no gate workloads given"):
+        perfgate.gate(good, [])
 
 
 def test_record_writes_the_baseline_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,10 +133,9 @@ def test_record_writes_the_baseline_atomically(tmp_path: Path, monkeypatch: pyte
 
 
 @pytest.mark.parametrize("name", perfgate.WORKLOADS)
-def test_workloads_train_and_references_do_comparable_work(name: str) -> None:
+def test_workloads_step_and_reference_both_train(name: str) -> None:
     """Each workload's step is the learner's meta-training step (its weights change) and its
-    reference is a real training step too; the convolution reference reads as many images as
-    the step's episodes hold."""
+    reference is a real training step too (the reference network's weights change)."""
     work = perfgate.build_workload(name)
     params = [*work.learner.model.parameters(), *work.reference_model.parameters()]
     before = [p.detach().clone() for p in params]
@@ -154,6 +159,14 @@ def test_gate_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: p
     assert err.startswith("metabench: performance gate failed for maml, reptile") and "--record" in err
     assert main(["gate", "--baseline", str(tmp_path / "none")]) == 2
     one_line_error("no gate baseline", "metabench gate --record")
+    assert main(["gate", "--baseline", str(folder), "--workloads", ","]) == 2
+    one_line_error("no gate workloads given")
+    assert main(["gate", "--baseline", str(folder), "--repeats", "3"]) == 2
+    one_line_error("--repeats applies to --record only")
+    assert main(["gate", "--record", str(folder), "--maml-strategy", "recompute"]) == 2
+    one_line_error("leave out --maml-strategy with --record")
+    assert main(["gate", "--record", str(folder)]) == 2
+    one_line_error("already exists: pass another --record DIR")
 
 
 def test_the_committed_baseline_covers_every_workload_at_the_current_threshold() -> None:

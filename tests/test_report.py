@@ -458,10 +458,15 @@ def test_pyproject_ships_the_published_table() -> None:
         assert name in deps
 
 
-def test_inner_loop_learners_mirror_timing() -> None:
-    from metabench import timing
+def test_torch_free_mirrors_of_the_learner_facts_agree_with_the_learners() -> None:
+    """The report's modules do not import torch, so they keep two copies of learner facts: the
+    learners with an inner loop (their ``INNER_LOOP``) and the colour order (the benchmarked
+    learners). Both must equal what the learner classes say."""
+    from metabench import style, timing
+    from metabench.algorithms import LEARNERS, META_LEARNERS
 
-    assert tuple(figures.INNER_LOOP) == tuple(timing.INNER_LOOP)
+    assert tuple(figures.INNER_LOOP) == tuple(timing.INNER_LOOP) == tuple(n for n in META_LEARNERS if LEARNERS[n].INNER_LOOP)
+    assert tuple(style.KNOWN_LEARNERS) == META_LEARNERS
 
 
 # ---------------------------------------------------------------------------------------------
