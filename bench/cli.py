@@ -163,9 +163,9 @@ def add_gate_arguments(sub: Any) -> None:
     g.add_argument("--workloads", default=",".join(perfgate.WORKLOADS),
                    help=f"comma-separated learners (default all: {','.join(perfgate.WORKLOADS)})")
     g.add_argument("--rounds", type=int, default=perfgate.ROUNDS, help=f"timed rounds per workload (default {perfgate.ROUNDS})")
-    g.add_argument("--maml-strategy", default=perfgate.DEFAULT_MAML_STRATEGY,
-                   help=f"MAML core strategy of the maml and fomaml workloads (default {perfgate.DEFAULT_MAML_STRATEGY}; "
-                        "recompute is the known-slow one, to see the gate fail)")
+    g.add_argument("--slow-core", action="store_true",
+                   help="run the maml and fomaml workloads on the known-slow configuration of the MAML core "
+                        "(recompute, one task per chunk, contiguous images), to see the gate fail")
     g.add_argument("--record", metavar="DIR", help="measure --repeats times in fresh processes and write a new "
                                                    "baseline folder DIR instead of gating")
     g.add_argument("--repeats", type=int, help=f"--record: fresh processes (default {perfgate.REPEATS})")
@@ -369,9 +369,8 @@ def _gate(args: argparse.Namespace) -> int:
         print(text, file=sys.stderr)
 
     if args.record:
-        if args.maml_strategy != perfgate.DEFAULT_MAML_STRATEGY:
-            raise ConfigError(f"a baseline is recorded with the default MAML strategy "
-                              f"({perfgate.DEFAULT_MAML_STRATEGY}): leave out --maml-strategy with --record")
+        if args.slow_core:
+            raise ConfigError("a baseline is recorded on the normal core: leave out --slow-core with --record")
         repeats = perfgate.REPEATS if args.repeats is None else args.repeats
         perfgate.record(Path(args.record), workloads, args.rounds, repeats, progress=say)
         print((Path(args.record) / "baseline.md").read_text())
@@ -379,7 +378,7 @@ def _gate(args: argparse.Namespace) -> int:
         return 0
     if args.repeats is not None:
         raise ConfigError("--repeats applies to --record only: leave it out, or record a baseline with --record DIR")
-    verdicts, text = perfgate.gate(Path(args.baseline), workloads, args.rounds, args.maml_strategy, progress=say)
+    verdicts, text = perfgate.gate(Path(args.baseline), workloads, args.rounds, args.slow_core, progress=say)
     print(text)
     failed = verdicts.loc[~verdicts["passed"], "workload"].tolist()
     if failed:

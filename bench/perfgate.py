@@ -63,9 +63,12 @@ WARMUP = 2
 REPEATS = 5
 #: The baseline this project commits (relative to the repository root, where CI and nox run).
 DEFAULT_BASELINE = Path("results/perf-gate-cpu")
-#: The MAML core strategy of the gate's MAML workloads: ``auto``, what the learners use. Another
-#: (``recompute`` is the known-slow one, trading time for memory) shows that the gate fails.
-DEFAULT_MAML_STRATEGY = "auto"
+#: The known-slow configuration of the MAML core, which ``slow_core`` (``metabench gate
+#: --slow-core``) gives the MAML workloads to show that the gate fails: the ``recompute``
+#: strategy (time traded for memory: every inner step's graph rebuilt), one task per chunk (the
+#: small kernels whose per-call cost ``chunked`` exists to avoid) and contiguous images (slower
+#: convolutions and pooling on CPU). Its measured slowdown: results/perf-gate-cpu/README.md.
+SLOW_CORE = {"strategy": "recompute", "chunk": 1, "layout": "contiguous"}
 _IMAGE = (1, 28, 28)
 
 
@@ -161,41 +164,37 @@ def reference_convolutions(images: int) -> tuple[Callable[[], None], nn.Module]:
     return step, model
 
 
-def check_request(workloads: Sequence[str], maml_strategy: str = DEFAULT_MAML_STRATEGY) -> None:
+def check_request(workloads: Sequence[str]) -> None:
     """Refuse a gate request before anything is measured.
 
     Raises:
-        ConfigError: for no workloads, an unknown workload, or an unknown MAML strategy.
+        ConfigError: for no workloads or an unknown workload.
     """
-    from metabench.algorithms.maml_core import STRATEGIES
-
     if not workloads:
         raise ConfigError(f"no gate workloads given: pass --workloads with some of {', '.join(WORKLOADS)}")
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         raise ConfigError(f"unknown gate workload {unknown[0]!r}: choose from {', '.join(WORKLOADS)}")
-    if maml_strategy not in ("auto", *STRATEGIES):
-        raise ConfigError(f"unknown MAML strategy {maml_strategy!r}: pass --maml-strategy auto or one of {', '.join(STRATEGIES)}")
 
 
-def build_workload(name: str, maml_strategy: str = DEFAULT_MAML_STRATEGY) -> Workload:
+def build_workload(name: str, slow_core: bool = False) -> Workload:
     """Workload ``name``: the learner's meta-training step on a meta-batch of synthetic episodes
     of its training shape, and its reference (module docstring).
 
     Args:
         name: one of :data:`WORKLOADS`.
-        maml_strategy: the MAML core strategy of ``maml`` and ``fomaml`` (``auto`` or one of
-            ``maml_core.STRATEGIES``).
+        slow_core: run ``maml`` and ``fomaml`` on :data:`SLOW_CORE` instead of the learners'
+            defaults.
 
     Raises:
-        ConfigError: for an unknown workload or strategy.
+        ConfigError: for an unknown workload.
     """
     from metabench.algorithms import build_learner, learner_config
     from metabench.timing import Cell, synthetic_episodes
 
-    check_request([name], maml_strategy)
+    check_request([name])
     maml_family = name in ("maml", "fomaml")
-    overrides = {"strategy": maml_strategy} if maml_family else {}
+    overrides = dict(SLOW_CORE) if maml_family and slow_core else {}
     learner = build_learner(name, 5, _IMAGE, 1000, "cpu", 0, overrides)
     shape = learner.train_shape(5, 1, 15)
     config = learner_config(name, overrides)
@@ -240,7 +239,7 @@ def interleaved(step: Callable[[], None], reference: Callable[[], None], rounds:
     return out
 
 
-def measure(workloads: Iterable[str], rounds: int = ROUNDS, maml_strategy: str = DEFAULT_MAML_STRATEGY,
+def measure(workloads: Iterable[str], rounds: int = ROUNDS, slow_core: bool = False,
             progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Every round of every workload, measured in this process.
 
@@ -249,11 +248,11 @@ def measure(workloads: Iterable[str], rounds: int = ROUNDS, maml_strategy: str =
         (seconds), ``ratio`` (``step_s / reference_s``).
 
     Raises:
-        ConfigError: for an unknown workload or strategy, or ``rounds < 1``.
+        ConfigError: for an unknown workload, or ``rounds < 1``.
     """
     rows = []
     for name in workloads:
-        work = build_workload(name, maml_strategy)
+        work = build_workload(name, slow_core)
         for r, (s, ref) in enumerate(interleaved(work.step, work.reference, rounds)):
             rows.append({"workload": name, "round": r, "step_s": s, "reference_s": ref, "ratio": s / ref})
         if progress:
@@ -352,8 +351,9 @@ def _verdict(passed: bool, confirmed: bool) -> str:
 
 
 def gate(baseline_dir: Path = DEFAULT_BASELINE, workloads: Sequence[str] = WORKLOADS, rounds: int = ROUNDS,
-         maml_strategy: str = DEFAULT_MAML_STRATEGY, progress: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, str]:
-    """Measure ``workloads`` in this process and check them against the baseline in ``baseline_dir``.
+         slow_core: bool = False, progress: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, str]:
+    """Measure ``workloads`` in this process (``slow_core``: the MAML workloads on
+    :data:`SLOW_CORE`) and check them against the baseline in ``baseline_dir``.
 
     A workload above its limit is measured once more (``rounds`` new rounds) and fails only if
     that measurement is above the limit too (its ``measured`` is then the lower of the two), so
@@ -367,10 +367,10 @@ def gate(baseline_dir: Path = DEFAULT_BASELINE, workloads: Sequence[str] = WORKL
 
     Raises:
         ConfigError: for a missing or malformed baseline, one without a ratio for a requested
-            workload, no or an unknown workload, or an unknown MAML strategy.
+            workload, or no or an unknown workload.
     """
     baseline = load_baseline(baseline_dir)  # before measuring: bad input costs nothing
-    check_request(workloads, maml_strategy)
+    check_request(workloads)
     missing = [w for w in workloads if w not in baseline.ratios]
     if missing:
         raise ConfigError(f"the baseline {baseline_dir} has no ratio for {', '.join(missing)}: record it again with "
@@ -378,13 +378,13 @@ def gate(baseline_dir: Path = DEFAULT_BASELINE, workloads: Sequence[str] = WORKL
     threads = torch.get_num_threads()
     torch.set_num_threads(int(baseline.machine.get("torch_threads") or threads))  # the ratios depend on it
     try:
-        measured = medians(measure(workloads, rounds, maml_strategy, progress))
+        measured = medians(measure(workloads, rounds, slow_core, progress))
         first = check(measured, baseline)
         again = first.loc[~first["passed"], "workload"].tolist()
         if again:
             if progress:
                 progress(f"above the limit: {', '.join(again)}; measuring again to confirm")
-            second = medians(measure(again, rounds, maml_strategy, progress))
+            second = medians(measure(again, rounds, slow_core, progress))
             measured = {w: min(r, second.get(w, r)) for w, r in measured.items()}
     finally:
         torch.set_num_threads(threads)
@@ -392,9 +392,9 @@ def gate(baseline_dir: Path = DEFAULT_BASELINE, workloads: Sequence[str] = WORKL
     return verdicts, verdict_markdown(verdicts, baseline, machine())
 
 
-def _measure_in_worker(workloads: Sequence[str], rounds: int, maml_strategy: str) -> pd.DataFrame:
+def _measure_in_worker(workloads: Sequence[str], rounds: int) -> pd.DataFrame:
     """:func:`measure` in a fresh ``python -m metabench.perfgate`` process (its rows)."""
-    done = subprocess.run([sys.executable, "-m", "metabench.perfgate", ",".join(workloads), str(rounds), maml_strategy],
+    done = subprocess.run([sys.executable, "-m", "metabench.perfgate", ",".join(workloads), str(rounds)],
                           capture_output=True, text=True, check=False)
     last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
     try:
@@ -402,8 +402,8 @@ def _measure_in_worker(workloads: Sequence[str], rounds: int, maml_strategy: str
             return pd.DataFrame(json.loads(done.stdout.strip().splitlines()[-1]))
     except (ValueError, IndexError):
         last = "its output was not the rows' JSON"
-    raise ConfigError(f"a gate worker failed ({last}): run `python -m metabench.perfgate {','.join(workloads)} {rounds} "
-                      f"{maml_strategy}` to see why")
+    raise ConfigError(f"a gate worker failed ({last}): run `python -m metabench.perfgate {','.join(workloads)} {rounds}` "
+                      "to see why")
 
 
 def record(out: Path, workloads: Sequence[str] = WORKLOADS, rounds: int = ROUNDS, repeats: int = REPEATS,
@@ -428,7 +428,7 @@ def record(out: Path, workloads: Sequence[str] = WORKLOADS, rounds: int = ROUNDS
     check_request(workloads)
     frames = []
     for i in range(repeats):
-        frame = _measure_in_worker(workloads, rounds, DEFAULT_MAML_STRATEGY)
+        frame = _measure_in_worker(workloads, rounds)
         frames.append(frame.assign(repeat=i))
         if progress:
             progress(f"repeat {i + 1}/{repeats}: " + ", ".join(f"{k} {v:.3f}" for k, v in medians(frame).items()))
@@ -466,8 +466,8 @@ def baseline_markdown(baseline: Baseline, rows: pd.DataFrame) -> str:
 
 
 def _worker_main(argv: Sequence[str]) -> int:
-    workloads, rounds, strategy = argv
-    print(measure(workloads.split(","), int(rounds), strategy).to_json(orient="records"))
+    workloads, rounds = argv
+    print(measure(workloads.split(","), int(rounds)).to_json(orient="records"))
     return 0
 
 

@@ -72,7 +72,7 @@ def test_gate_confirms_a_failure_with_a_second_measurement(tmp_path: Path, monke
     measurements = iter([_rows(maml=high, fomaml=0.7), _rows(maml=ok)])
     asked: list[list[str]] = []
 
-    def fake_measure(workloads, rounds, strategy, progress=None):
+    def fake_measure(workloads, rounds, slow_core, progress=None):
         asked.append(list(workloads))
         return next(measurements)
 
@@ -103,8 +103,6 @@ def test_bad_baselines_and_workloads_are_refused_before_measuring(tmp_path: Path
         perfgate.gate(good, ["sgd"])
     with pytest.raises(ConfigError, match="baseline .* has no ratio for protonet: record it again"):
         perfgate.gate(good, ["maml", "protonet"])
-    with pytest.raises(ConfigError, match="unknown MAML strategy 'fast': pass --maml-strategy auto or one of per_task"):
-        perfgate.gate(good, ["maml"], maml_strategy="fast")
     with pytest.raises(ConfigError, match="no gate workloads given"):
         perfgate.gate(good, [])
 
@@ -113,7 +111,7 @@ def test_record_writes_the_baseline_atomically(tmp_path: Path, monkeypatch: pyte
     """``record`` keeps every repeat's median, takes their median as the ratio, and writes
     nothing when a worker fails."""
     repeats = iter([_rows(maml=0.8, protonet=1.0), _rows(maml=0.9, protonet=1.1), _rows(maml=0.7, protonet=0.9)])
-    monkeypatch.setattr(perfgate, "_measure_in_worker", lambda workloads, rounds, strategy: next(repeats))
+    monkeypatch.setattr(perfgate, "_measure_in_worker", lambda workloads, rounds: next(repeats))
     base = perfgate.record(tmp_path / "base", ["maml", "protonet"], rounds=3, repeats=3)
     assert base.ratios == {"maml": 0.8, "protonet": 1.0}
     assert base.spread("maml") == pytest.approx((0.9 - 0.7) / 0.8)
@@ -121,7 +119,7 @@ def test_record_writes_the_baseline_atomically(tmp_path: Path, monkeypatch: pyte
     assert len(pd.read_csv(tmp_path / "base" / "rounds.csv")) == 3 * 2 * 3
     assert "| maml | 0.800 | 0.800, 0.900, 0.700 | 25.0% |" in (tmp_path / "base" / "baseline.md").read_text()
 
-    def failing(workloads, rounds, strategy):
+    def failing(workloads, rounds):
         raise ConfigError("a gate worker failed (boom)")
 
     monkeypatch.setattr(perfgate, "_measure_in_worker", failing)
@@ -132,11 +130,16 @@ def test_record_writes_the_baseline_atomically(tmp_path: Path, monkeypatch: pyte
         perfgate.record(tmp_path / "one", ["maml"], repeats=1)
 
 
-@pytest.mark.parametrize("name", perfgate.WORKLOADS)
-def test_workloads_step_and_reference_both_train(name: str) -> None:
+@pytest.mark.parametrize(("name", "slow"), [(n, False) for n in perfgate.WORKLOADS] + [("maml", True)])
+def test_workloads_step_and_reference_both_train(name: str, slow: bool) -> None:
     """Each workload's step is the learner's meta-training step (its weights change) and its
-    reference is a real training step too (the reference network's weights change)."""
-    work = perfgate.build_workload(name)
+    reference is a real training step too (the reference network's weights change); the slowed
+    core is the learner on :data:`~metabench.perfgate.SLOW_CORE`."""
+    work = perfgate.build_workload(name, slow)
+    if name in ("maml", "fomaml"):
+        config = work.learner.config
+        expected = ("recompute", 1, "contiguous") if slow else ("auto", 0, "auto")
+        assert (config.strategy, config.chunk, config.layout) == expected
     params = [*work.learner.model.parameters(), *work.reference_model.parameters()]
     before = [p.detach().clone() for p in params]
     work.step()
@@ -163,8 +166,8 @@ def test_gate_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: p
     one_line_error("no gate workloads given")
     assert main(["gate", "--baseline", str(folder), "--repeats", "3"]) == 2
     one_line_error("--repeats applies to --record only")
-    assert main(["gate", "--record", str(folder), "--maml-strategy", "recompute"]) == 2
-    one_line_error("leave out --maml-strategy with --record")
+    assert main(["gate", "--record", str(folder), "--slow-core"]) == 2
+    one_line_error("leave out --slow-core with --record")
     assert main(["gate", "--record", str(folder)]) == 2
     one_line_error("already exists: pass another --record DIR")
 

@@ -1,7 +1,7 @@
 """The performance gate itself (``--perf-gate``; ``nox -s perf`` and CI run it): each learner's
 training step timed as a ratio to its in-process reference and checked against the committed
-baseline (:mod:`metabench.perfgate`), and the proof that the gate can fail: the MAML workloads on
-the known-slow ``recompute`` strategy of the core (time traded for memory) must fail it.
+baseline (:mod:`metabench.perfgate`), and the proof that the gate can fail: second-order MAML on
+the known-slow configuration of the core must fail it.
 
 These tests time code, so they are not part of the ordinary run (deselected without
 ``--perf-gate``); what they assert is the gate's verdict, whose threshold is justified from the
@@ -28,8 +28,9 @@ def test_gate_passes_on_the_normal_core() -> None:
 
 
 def test_gate_fails_on_a_slowed_core() -> None:
-    """With the MAML core forced onto ``recompute`` (which trades time for memory; its measured
-    slowdown is in results/perf-gate-cpu/README.md), second-order MAML fails the gate."""
-    verdicts, text = perfgate.gate(BASELINE, ["maml"], maml_strategy="recompute", progress=print)
+    """With the MAML core on its known-slow configuration (:data:`~metabench.perfgate.SLOW_CORE`:
+    ``recompute``, one task per chunk, contiguous images; its measured slowdown is in
+    results/perf-gate-cpu/README.md), second-order MAML fails the gate."""
+    verdicts, text = perfgate.gate(BASELINE, ["maml"], slow_core=True, progress=print)
     print(text)
     assert not verdicts.set_index("workload").loc["maml", "passed"], text
