@@ -8,9 +8,9 @@ Batch norm is **transductive**: it always normalises with the statistics of the 
 given, at meta-training and at meta-test time, and keeps no running statistics (Finn et al. 2017,
 Sec. 5.2 and their released code; Nichol et al. 2018, Sec. 6 call this the transductive setting).
 The module :class:`BatchStatNorm2d` has two implementations of the same function: ``"native"``
-calls ``F.batch_norm(training=True)`` without running statistics (one fused kernel; measured
-2.15x faster than the tensor-op form for a Conv4 forward+backward on 360 Omniglot images and 1.6x
-on 80, on 2 CPU cores, with second-order gradients equal to 1e-14 relative in float64), and
+calls ``F.batch_norm(training=True)`` without running statistics (one fused kernel, faster than
+the tensor-op form: docs/timing.md, "Measurements behind the defaults"; second-order gradients
+equal to 1e-14 relative in float64), and
 ``"tensor_ops"`` writes mean and variance with tensor operations. Use ``"tensor_ops"`` under
 ``torch.func.vmap``: vmap over ``nn.BatchNorm2d(track_running_stats=False)`` silently returns
 wrong second-order meta-gradients on torch 2.13 (tests/test_maml_core.py::test_agreement_check_catches_vmap_over_nn_batchnorm shows it). The functional forms
@@ -31,10 +31,8 @@ convolutions), and :func:`mlp_forward` / :func:`mlp_tasks_forward` likewise.
 **Memory layout.** Every operation of Conv4 keeps the layout of its input, so images given
 channels-last (:func:`channels_last`: ``[M, H, W, C]`` in memory, viewed as ``[M, C, H, W]``) make
 the whole forward and backward run channels-last. On CPU that is what oneDNN's convolutions and
-PyTorch's max-pool and batch norm are vectorised for: on 2 CPU cores (Conv4, 75 Omniglot images)
-the max-pool of the first block takes 10.3 ms contiguous and 0.6 ms channels-last, a 64-filter
-convolution on 14 x 14 maps 5.5 and 4.7 ms, and batch norm 0.89 and 0.23 ms. The values are the
-same; float32 results differ from the contiguous ones by rounding only (other summation orders).
+PyTorch's max-pool and batch norm are vectorised for (the measurements: docs/timing.md, "Memory
+layout"). The values are the same; float32 results differ from the contiguous ones by rounding only (other summation orders).
 """
 
 from __future__ import annotations

@@ -51,8 +51,8 @@ def _channels_last_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     two passes (the mean, then the mean square of the centred values) over its rows
     ``[B*H*W, C]``, a view of its memory; PyTorch's cascade summation keeps them accurate: 6-8e-8
     relative in float32 on 75 x 64 x 28 x 28, against 2-3e-8 for ``torch.var_mean`` and 1e-6 to
-    1e-4 for the fused channels-last kernel. ``torch.var_mean`` reduces over a strided axis there:
-    22 ms against 2 ms for this, on 2 CPU cores."""
+    1e-4 for the fused channels-last kernel. ``torch.var_mean`` reduces over a strided axis there,
+    which made it ten times slower than this (docs/timing.md, "Memory layout")."""
     rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
     mean = rows.mean(0)
     centred = rows - mean

@@ -123,8 +123,8 @@ class MAML(MetaLearner):
     #: sized for the quick budget's 15 minutes on 2 CPU cores (docs/results.md).
     ITERATIONS: ClassVar[dict[str, int]] = {"quick": 220, "paper": 60000}
     REGRESSION_ITERATIONS: ClassVar[dict[str, int]] = {"quick": 6000, "paper": 70000}
-    #: When training to convergence: about 6 minutes of training on 2 CPU cores (0.34-0.39 s per
-    #: meta-iteration) between validations of 1000 episodes (about 40 s).
+    #: When training to convergence: a few minutes of training between validations of 1000
+    #: episodes, so that validating costs a small part of the time (measured costs: docs/runs.md).
     VALIDATE_EVERY: ClassVar[int] = 1000
     INNER_LOOP: ClassVar[bool] = True
 
@@ -250,6 +250,6 @@ class FirstOrderMAML(MAML):
     REGRESSION_DEFAULTS: ClassVar[dict[str, Any]] = _SINUSOID
     ITERATIONS: ClassVar[dict[str, int]] = {"quick": 300, "paper": 60000}
     REGRESSION_ITERATIONS: ClassVar[dict[str, int]] = {"quick": 6000, "paper": 70000}
-    #: Less than half the time per iteration of second-order MAML (0.16 s on 2 CPU cores), so
-    #: twice the iterations between validations (about 5 minutes of training).
+    #: Less than half the time per iteration of second-order MAML, so twice the iterations between
+    #: validations (measured costs: docs/runs.md).
     VALIDATE_EVERY: ClassVar[int] = 2000

@@ -42,9 +42,8 @@ is given). The same function either way; float32 results differ by rounding only
 Batch-norm and max-pool forms: the support pass is differentiated twice (second order), and the
 fused ``F.batch_norm`` kernel's double backward is a slow composite, so the second-order support
 pass uses :func:`~metabench.algorithms.batch_norm.batch_norm_twice` (fused kernels with a
-hand-derived second derivative; measured 15-40% faster than batch norm in tensor operations on 2
-CPU cores, and 29% fewer bytes kept per task and inner step: 6.4 vs 9.0 MiB for 5 Omniglot
-images) and :func:`~metabench.algorithms.max_pool.max_pool_2x2` (keeps the argmax, not the
+hand-derived second derivative; faster than batch norm in tensor operations, with fewer bytes
+kept per task and inner step: docs/timing.md) and :func:`~metabench.algorithms.max_pool.max_pool_2x2` (keeps the argmax, not the
 batch-norm output); the query pass and first-order inner loops are differentiated once, so they
 use :func:`~metabench.algorithms.norm_pool.batch_norm_max_pool` (batch norm and max-pool with one
 fused backward pass that never builds the full-size pooling gradient).

@@ -111,8 +111,8 @@ class MatchingNet(MetaLearner):
     #: ``paper``: Vinyals et al. (2016) give no count; 20,000 episodes, as for Prototypical
     #: Networks.
     ITERATIONS: ClassVar[dict[str, int]] = {"quick": 600, "paper": 20000}
-    #: About 40 s of training on 2 CPU cores (0.04 s per episode) between validations of 1000
-    #: episodes (about 20 s): its whole converging run takes minutes, so validations are many.
+    #: Its whole converging run takes minutes, so validations are many: less than a minute of
+    #: training between validations of 1000 episodes (measured costs: docs/runs.md).
     VALIDATE_EVERY: ClassVar[int] = 1000
 
     def __init__(self, config: MatchingNetConfig, ways, image_shape, total_iterations, device, seed) -> None:

@@ -74,8 +74,8 @@ class ProtoNet(MetaLearner):
     #: ``paper``: Snell et al. (2017) trained to convergence on validation loss and give no count;
     #: 20,000 episodes is ten halvings of the learning rate (1e-3 / 2^10 at the end).
     ITERATIONS: ClassVar[dict[str, int]] = {"quick": 450, "paper": 20000}
-    #: About 2 minutes of 60-way training on 2 CPU cores (0.25 s per episode) between validations
-    #: of 1000 episodes (about 22 s).
+    #: A couple of minutes of 60-way training between validations of 1000 episodes (measured
+    #: costs: docs/runs.md).
     VALIDATE_EVERY: ClassVar[int] = 500
 
     def __init__(self, config: ProtoNetConfig, ways, image_shape, total_iterations, device, seed) -> None:

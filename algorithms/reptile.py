@@ -112,13 +112,13 @@ class Reptile(MetaLearner):
     #: sine-wave demonstration's 30,000 for regression.
     ITERATIONS: ClassVar[dict[str, int]] = {"quick": 1500, "paper": 100000}
     REGRESSION_ITERATIONS: ClassVar[dict[str, int]] = {"quick": 15000, "paper": 30000}
-    #: A validation of 1000 episodes costs about 4 minutes on 2 CPU cores (50 fine-tuning steps
-    #: each, 0.23 s per episode in two processes), so about 11 minutes of training (0.13 s per
-    #: meta-iteration) between validations keep it near a quarter of the time.
+    #: A validation of 1000 episodes is slow (50 fine-tuning steps per episode), so many
+    #: iterations between validations keep it near a quarter of the time (measured costs:
+    #: docs/runs.md).
     VALIDATE_EVERY: ClassVar[int] = 5000
-    #: 50 fine-tuning steps per test episode: two single-thread worker processes took it from
-    #: about 380 to 262 ms per episode on 2 CPU cores (the other learners' few steps or single
-    #: pass, 30-70 ms, do not repay the processes' start-up).
+    #: 50 fine-tuning steps per test episode: long enough for worker processes to repay their
+    #: start-up, unlike the other learners' few steps or single pass (docs/timing.md,
+    #: "Measurements behind the defaults").
     TEST_IN_WORKERS: ClassVar[bool] = True
     INNER_LOOP: ClassVar[bool] = True
 

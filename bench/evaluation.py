@@ -84,9 +84,8 @@ def _score_in_worker(indices: range) -> tuple[int, list[dict]]:
 
 def default_workers(device: torch.device) -> int:
     """Evaluation processes to use: one per torch CPU thread on CPU (test-time adaptation runs
-    on small batches, where a second intra-op thread adds little: Reptile's 50-step fine-tuning
-    of a 5-way 1-shot episode took 480 ms on one thread and 417 ms on two, on 2 CPU cores), one
-    on CUDA."""
+    on small batches, where a second intra-op thread adds little: docs/timing.md, "Measurements
+    behind the defaults"), one on CUDA."""
     return 1 if device.type == "cuda" else max(1, min(8, torch.get_num_threads()))
 
 

@@ -474,7 +474,7 @@ def measure(cells: Sequence[Cell], progress: bool = True, rounds: int = 1) -> tu
     With ``rounds`` > 1 each cell's repetitions are split over that many fresh workers, taken
     round-robin over the cells (cell 1, 2, ..., n, then 1, 2, ... again), and pooled. A slow drift
     of the machine's speed then reaches every cell alike instead of whichever cells ran during it
-    (measured on the 2-core VM: the same cell 1180 vs 1537 ms twenty minutes apart). Memory,
+    (docs/timing.md gives the drift seen on the 2-core VM). Memory,
     FLOPs and the gradient check come from the first round.
     """
     from tqdm import tqdm

@@ -19,7 +19,7 @@ meta-learned parameters on the memory with the inner loop they were meta-trained
 ``train_inner_steps`` gradient steps of size ``inner_lr``; Reptile: ``train_inner_steps`` steps of
 its inner optimiser on minibatches), the fast weights of Continual-MAML (Caccia et al. 2020) with
 the memory as support set; their longer test-time loops would cost too much per stream step
-(Reptile's 50 steps: 150 ms per 1-shot test episode in the quick run). The sine waves' pretrained baseline fine-tunes as at
+(Reptile's 50 steps per test episode, say). The sine waves' pretrained baseline fine-tunes as at
 test time (``test_inner_steps`` steps on a 1-40-40-1 MLP, cheap). Nothing is carried from one step
 to the next but the memory.
 
