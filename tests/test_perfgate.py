@@ -15,6 +15,15 @@ from metabench import perfgate
 from metabench.cli import main
 from metabench.errors import ConfigError
 
+HERE = {"cpu": "Test CPU", "torch": "2.13.0", "torch_threads": 2, "python": "3.11", "commit": None}
+
+
+@pytest.fixture(autouse=True)
+def _this_machine_is_the_baselines_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The synthetic baselines below are recorded on "Test CPU": so is this machine, unless a
+    test says otherwise."""
+    monkeypatch.setattr(perfgate, "machine", lambda: dict(HERE))
+
 
 def _baseline(**ratios: float) -> perfgate.Baseline:
     return perfgate.Baseline(ratios, {k: [v * 0.95, v, v * 1.05] for k, v in ratios.items()},
@@ -89,6 +98,24 @@ def test_gate_confirms_a_failure_with_a_second_measurement(tmp_path: Path, monke
     assert "**FAIL** (measured twice)" in text and "Test CPU" in text
 
 
+def test_another_kind_of_machine_gets_the_wider_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On another CPU model or torch the limit is OTHER_KIND_THRESHOLD, and the table says why."""
+    base = _baseline(maml=1.0)
+    here = dict(HERE)
+    assert perfgate.threshold_for(base, here) == perfgate.THRESHOLD
+    assert perfgate.threshold_for(base, {**here, "cpu": "Other CPU"}) == perfgate.OTHER_KIND_THRESHOLD
+    assert perfgate.threshold_for(base, {**here, "torch": "2.14.0"}) == perfgate.OTHER_KIND_THRESHOLD
+    folder = _write(tmp_path / "base", base)
+    ratio = 1 + (perfgate.THRESHOLD + perfgate.OTHER_KIND_THRESHOLD) / 2  # between the two limits
+    monkeypatch.setattr(perfgate, "measure", lambda workloads, *a, **k: _rows(**{w: ratio for w in workloads}))
+    monkeypatch.setattr(perfgate, "machine", lambda: {**here, "cpu": "Other CPU"})
+    verdicts, text = perfgate.gate(folder, ["maml"])
+    assert verdicts["passed"].all() and f"the limit is +{100 * perfgate.OTHER_KIND_THRESHOLD:.0f}%" in text
+    monkeypatch.setattr(perfgate, "machine", lambda: here)
+    verdicts, _ = perfgate.gate(folder, ["maml"])
+    assert not verdicts["passed"].any()
+
+
 def test_bad_baselines_and_workloads_are_refused_before_measuring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(perfgate, "measure", lambda *a, **k: pytest.fail("measured despite bad input"))
     with pytest.raises(ConfigError, match=r"no gate baseline at .*repository root.*metabench gate --record"):
@@ -159,7 +186,7 @@ def test_gate_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: p
     monkeypatch.setattr(perfgate, "measure", lambda workloads, *a, **k: _rows(**{w: 2.0 for w in workloads}))
     assert main(["gate", "--baseline", str(folder), "--workloads", "maml,reptile"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("metabench: performance gate failed for maml, reptile") and "--record" in err
+    assert err.startswith("metabench: performance gate failed for maml, reptile: a ratio is above its limit") and "--record" in err
     assert main(["gate", "--baseline", str(tmp_path / "none")]) == 2
     one_line_error("no gate baseline", "metabench gate --record")
     assert main(["gate", "--baseline", str(folder), "--workloads", ","]) == 2
