@@ -43,6 +43,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from metabench.errors import ConfigError
+
 from .batch_norm import batch_norm_twice
 from .max_pool import max_pool_2x2
 from .norm_pool import batch_norm_max_pool
@@ -192,6 +194,38 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"channels_last needs images [..., C, H, W], got shape {tuple(x.shape)}")
     out = torch.empty((*x.shape[:-3], *x.shape[-2:], x.shape[-3]), dtype=x.dtype, device=x.device)
     return out.movedim(-1, -3).copy_(x)
+
+
+#: Memory layouts of image batches: PyTorch's default (``contiguous``, ``[..., C, H, W]`` in
+#: memory) or :func:`channels_last` (``[..., H, W, C]`` in memory, the same shape).
+LAYOUTS = ("contiguous", "channels_last")
+
+
+def default_layout(images: bool, device: torch.device) -> str:
+    """The default image layout: ``channels_last`` for image inputs on CPU, where oneDNN's
+    convolutions and PyTorch's max-pool and batch norm are vectorised for it (each learner's
+    meta-training step measured faster on 2 cores: docs/timing.md, "Measurements behind the
+    defaults"), else ``contiguous`` (feature vectors; CUDA, not measured yet)."""
+    return "channels_last" if images and device.type == "cpu" else "contiguous"
+
+
+def resolve_layout(learner: str, setting: str, images: bool, device: torch.device) -> str:
+    """The layout a learner's ``layout`` setting (``auto`` or one of :data:`LAYOUTS`) asks for.
+
+    Raises:
+        ConfigError: for an unknown setting, or ``channels_last`` without image inputs.
+    """
+    if setting not in ("auto", *LAYOUTS):
+        raise ConfigError(f"unknown layout {setting!r} for {learner}: use --set {learner}.layout=auto|{'|'.join(LAYOUTS)}")
+    if setting == "channels_last" and not images:
+        raise ConfigError(f"{learner}.layout=channels_last needs image inputs: use --set {learner}.layout=auto")
+    return default_layout(images, device) if setting == "auto" else setting
+
+
+def in_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """Images ``x`` ``[..., C, H, W]`` in ``layout`` (one of :data:`LAYOUTS`): a channels-last
+    copy (:func:`channels_last`) or ``x`` itself."""
+    return channels_last(x) if layout == "channels_last" else x
 
 
 def is_channels_last(x: torch.Tensor) -> bool:

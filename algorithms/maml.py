@@ -33,16 +33,14 @@ from torch import nn
 from metabench.datasets.sampler import Episode
 from metabench.errors import ConfigError
 
-from .backbones import MLP, Conv4, accuracy
+from .backbones import MLP, Conv4, accuracy, resolve_layout
 from .maml_core import (
     CONV4,
-    LAYOUTS,
     MLP_REGRESSION,
     STRATEGIES,
     CoreOptions,
     adapt,
     adapt_and_predict,
-    choose_layout,
     choose_strategy,
     compiled_query_forward,
     cpu_chunk,
@@ -133,8 +131,6 @@ class MAML(MetaLearner):
         if config.strategy not in ("auto", *STRATEGIES):
             raise ConfigError(f"unknown strategy {config.strategy!r} for {self.name}: "
                               f"use --set {self.name}.strategy=auto|{'|'.join(STRATEGIES)}")
-        if config.layout not in ("auto", *LAYOUTS):
-            raise ConfigError(f"unknown layout {config.layout!r} for {self.name}: use --set {self.name}.layout=auto|{'|'.join(LAYOUTS)}")
         if self.kind == "regression":
             self._backbone = MLP_REGRESSION
             self._model = MLP((image_shape[0], 40, 40, ways)).to(device)
@@ -144,9 +140,7 @@ class MAML(MetaLearner):
             self._model = Conv4(channels, height, n_outputs=ways).to(device)
         self.optimizer = torch.optim.Adam(self._model.parameters(), lr=config.meta_lr)
         self._strategies: dict[int, tuple[str, int | None]] = {}  # images per task -> (strategy, chunk) for "auto"
-        if config.layout == "channels_last" and not self._backbone.images:
-            raise ConfigError(f"{self.name}.layout=channels_last needs image inputs: use --set {self.name}.layout=auto")
-        self.layout = choose_layout(self._backbone, device) if config.layout == "auto" else config.layout
+        self.layout = resolve_layout(self.name, config.layout, self._backbone.images, device)
         self._query_forward = compiled_query_forward(self._backbone) if config.compile_query else None
 
     @property

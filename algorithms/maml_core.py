@@ -64,16 +64,17 @@ import torch
 from torch.nn import functional as F
 
 from .backbones import (
+    LAYOUTS,
     channels_last,
     conv4_forward,
     conv4_tasks_forward,
+    default_layout,
     mlp_forward,
     mlp_tasks_forward,
 )
 
 Params = dict[str, torch.Tensor]
 STRATEGIES = ("per_task", "chunked", "batched", "recompute", "vmap")
-LAYOUTS = ("contiguous", "channels_last")
 
 
 def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -185,10 +186,10 @@ def choose_strategy(backbone: Backbone, device: torch.device, images_per_task: i
 
 
 def choose_layout(backbone: Backbone, device: torch.device) -> str:
-    """The default layout: ``channels_last`` for image backbones on CPU, where oneDNN's
-    convolutions and PyTorch's max-pool and batch norm are vectorised for it (faster on 2 cores
-    at 1 and 5 inner steps: docs/timing.md), else ``contiguous`` (not measured on CUDA yet)."""
-    return "channels_last" if backbone.images and device.type == "cpu" else "contiguous"
+    """The default layout of the core's images: :func:`~metabench.algorithms.backbones.default_layout`
+    for the backbone's inputs (channels-last for images on CPU, faster on 2 cores at 1 and 5
+    inner steps: docs/timing.md)."""
+    return default_layout(backbone.images, device)
 
 
 def _grad(loss: torch.Tensor, inputs: list[torch.Tensor], create_graph: bool) -> tuple[torch.Tensor, ...]:

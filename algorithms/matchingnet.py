@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from metabench.datasets.sampler import Episode
 
-from .backbones import Conv4, accuracy
+from .backbones import Conv4, accuracy, in_layout, resolve_layout
 from .protocol import EpisodeShape, MetaLearner, StepResult
 
 
@@ -50,6 +50,11 @@ class MatchingNetConfig:
         cosine_scale: inverse temperature ``s`` multiplying the cosines before the softmax
             (initial value when learned; 1 with ``learn_scale=False`` is the literal Eq. 2).
         learn_scale: meta-learn ``s`` (as ``log s``) with the embedding (Oreshkin et al. 2018).
+        layout: memory layout of the images in meta-training: ``auto``
+            (:func:`~metabench.algorithms.backbones.default_layout`: channels-last on CPU),
+            ``contiguous`` or ``channels_last``; the same numbers up to float32 rounding.
+            Prediction embeds contiguous images, the layout in which every committed run was
+            scored, so that re-testing kept weights reproduces their per-episode results exactly.
     """
 
     MINIMUMS: ClassVar[dict[str, float | int]] = {"lr": 0.0, "train_queries": 1, "meta_batch": 1, "cosine_scale": 0.0}
@@ -59,6 +64,7 @@ class MatchingNetConfig:
     meta_batch: int = 1
     cosine_scale: float = 10.0
     learn_scale: bool = True
+    layout: str = "auto"
 
 
 def matching_log_probs(
@@ -119,6 +125,7 @@ class MatchingNet(MetaLearner):
         super().__init__(config, ways, image_shape, total_iterations, device, seed)
         channels, height, _ = image_shape
         self._model = MatchingModel(channels, height, config.cosine_scale, config.learn_scale).to(device)
+        self.layout = resolve_layout(self.name, config.layout, True, device)
         self.optimizer = torch.optim.Adam(self._model.parameters(), lr=config.lr)
 
     @property
@@ -129,9 +136,9 @@ class MatchingNet(MetaLearner):
         q = self.config.train_queries if self.config.train_queries is not None else queries
         return EpisodeShape(ways, shots, q, self.config.meta_batch)
 
-    def _log_probs(self, ep: Episode) -> torch.Tensor:
+    def _log_probs(self, ep: Episode, layout: str = "contiguous") -> torch.Tensor:
         n_support = ep.support_x.shape[0]
-        z = self._model(torch.cat([ep.support_x, ep.query_x]))
+        z = self._model(in_layout(torch.cat([ep.support_x, ep.query_x]), layout))
         return matching_log_probs(z[:n_support], ep.support_y, z[n_support:], ep.ways, self._model.log_scale.exp())
 
     def meta_train_step(self, episodes: Sequence[Episode]) -> StepResult:
@@ -139,7 +146,7 @@ class MatchingNet(MetaLearner):
         self.optimizer.zero_grad(set_to_none=True)
         losses, accs = [], []
         for ep in episodes:
-            log_probs = self._log_probs(ep)
+            log_probs = self._log_probs(ep, self.layout)
             loss = F.nll_loss(log_probs, ep.query_y)
             (loss / len(episodes)).backward()
             losses.append(loss.item())

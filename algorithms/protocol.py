@@ -67,8 +67,10 @@ class MetaLearner(ABC):
     (the problem kinds it supports, with ``WHY_NOT`` saying why for the others), optionally
     ``REGRESSION_DEFAULTS`` (hyperparameters that differ for regression, with their source), its
     training budgets (``ITERATIONS`` and ``REGRESSION_ITERATIONS``: meta-iterations per budget
-    preset, ``paper`` being the paper's count; ``VALIDATE_EVERY``: iterations between validations
-    when training to convergence), whether its test episodes are worth spreading over worker
+    preset, ``paper`` being the paper's count; ``BUDGET_SETTINGS``: hyperparameters a preset sets on
+    image datasets, under the user's ``--set``, where a short training is served better than by
+    the paper's values, measured on validation episodes; ``VALIDATE_EVERY``: iterations between
+    validations when training to convergence), whether its test episodes are worth spreading over worker
     processes on CPU (``TEST_IN_WORKERS``: only where one episode's adaptation takes long enough
     to repay the processes' start-up), whether its meta-training step has an inner loop of
     gradient steps (``INNER_LOOP``: then ``metabench time --inner-steps`` applies), and implement the abstract methods. A new learner is its file
@@ -97,6 +99,7 @@ class MetaLearner(ABC):
     REGRESSION_DEFAULTS: ClassVar[dict[str, Any]] = {}
     ITERATIONS: ClassVar[dict[str, int]] = {}
     REGRESSION_ITERATIONS: ClassVar[dict[str, int]] = {}
+    BUDGET_SETTINGS: ClassVar[dict[str, dict[str, Any]]] = {}
     VALIDATE_EVERY: ClassVar[int] = 1000
     TEST_IN_WORKERS: ClassVar[bool] = False
     INNER_LOOP: ClassVar[bool] = False

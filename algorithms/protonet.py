@@ -21,7 +21,7 @@ from torch import nn
 
 from metabench.datasets.sampler import Episode
 
-from .backbones import Conv4, accuracy, cross_entropy
+from .backbones import Conv4, accuracy, cross_entropy, in_layout, resolve_layout
 from .protocol import EpisodeShape, MetaLearner, StepResult
 
 
@@ -36,6 +36,11 @@ class ProtoNetConfig:
         train_ways: classes per training episode (60: "higher way" training, Sec. 3.1).
         train_queries: query examples per class in training episodes (5).
         meta_batch: episodes per update (1).
+        layout: memory layout of the images in meta-training: ``auto``
+            (:func:`~metabench.algorithms.backbones.default_layout`: channels-last on CPU),
+            ``contiguous`` or ``channels_last``; the same numbers up to float32 rounding.
+            Prediction embeds contiguous images, the layout in which every committed run was
+            scored, so that re-testing kept weights reproduces their per-episode results exactly.
     """
 
     MINIMUMS: ClassVar[dict[str, float | int]] = {"lr": 0.0, "lr_halve_every": 1, "train_ways": 2, "train_queries": 1, "meta_batch": 1}
@@ -45,6 +50,7 @@ class ProtoNetConfig:
     train_ways: int = 60
     train_queries: int = 5
     meta_batch: int = 1
+    layout: str = "auto"
 
 
 def prototype_logits(support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, ways: int) -> torch.Tensor:
@@ -82,6 +88,7 @@ class ProtoNet(MetaLearner):
         super().__init__(config, ways, image_shape, total_iterations, device, seed)
         channels, height, _ = image_shape
         self._model = Conv4(channels, height).to(device)
+        self.layout = resolve_layout(self.name, config.layout, True, device)
         self.optimizer = torch.optim.Adam(self._model.parameters(), lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_halve_every, gamma=0.5)
 
@@ -92,9 +99,9 @@ class ProtoNet(MetaLearner):
     def train_shape(self, ways: int, shots: int, queries: int) -> EpisodeShape:
         return EpisodeShape(max(ways, self.config.train_ways), shots, self.config.train_queries, self.config.meta_batch)
 
-    def _logits(self, ep: Episode) -> torch.Tensor:
+    def _logits(self, ep: Episode, layout: str = "contiguous") -> torch.Tensor:
         n_support = ep.support_x.shape[0]
-        z = self._model(torch.cat([ep.support_x, ep.query_x]))
+        z = self._model(in_layout(torch.cat([ep.support_x, ep.query_x]), layout))
         return prototype_logits(z[:n_support], ep.support_y, z[n_support:], ep.ways)
 
     def meta_train_step(self, episodes: Sequence[Episode]) -> StepResult:
@@ -102,7 +109,7 @@ class ProtoNet(MetaLearner):
         self.optimizer.zero_grad(set_to_none=True)
         losses, accs = [], []
         for ep in episodes:
-            logits = self._logits(ep)
+            logits = self._logits(ep, self.layout)
             loss = cross_entropy(logits, ep.query_y)
             (loss / len(episodes)).backward()
             losses.append(loss.item())

@@ -71,6 +71,13 @@ class Budget:
                               f"or add {self.preset!r} to {cls.__name__}.{'REGRESSION_' if kind == 'regression' else ''}ITERATIONS")
         return table[self.preset]
 
+    def settings(self, name: str, kind: str) -> dict[str, Any]:
+        """Hyperparameters this preset sets for learner ``name`` on a dataset of ``kind`` (the
+        class's ``BUDGET_SETTINGS``; image datasets only), under the user's overrides."""
+        if kind == "regression" or self.fixed is not None:
+            return {}
+        return dict(LEARNERS[name].BUDGET_SETTINGS.get(self.preset, {}))
+
 
 #: Validation episodes when training to convergence. Why 1000: two checkpoints' validation
 #: accuracies must differ by 0.5 points to be told apart. Per-episode accuracies of 5-way 1-shot
@@ -363,6 +370,10 @@ def resolve(values: Mapping[str, Any]) -> RunConfig:
         if name not in LEARNERS:
             raise ConfigError(f"hyperparameters given for unknown learner {name!r}: choose from {', '.join(LEARNERS)}")
         learner_config(name, overrides, info.kind)  # validates names and types
+    # The preset's settings first, the user's overrides over them: config.json and the kept
+    # weights record what the learners were built with.
+    hparams = {**hparams, **{name: merged for name in learners
+                             if (merged := {**budget.settings(name, info.kind), **hparams.get(name, {})})}}
 
     protocol_cls = protocol_class(str(given.get("protocol", standard(info.kind))), info.kind)
     settings = given.get("protocol_settings", {})

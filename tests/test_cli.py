@@ -35,7 +35,7 @@ def test_set_adds_to_the_tomls_hparams_and_wins_on_the_same_name(tmp_path: Path)
     config = configured(tmp_path, "[hparams.maml]\ninner_lr = 0.3\nmeta_batch = 4\n[hparams.protonet]\ntrain_ways = 30\n",
                         "--set", "maml.inner_lr=0.1", "--set", "reptile.meta_batch=2")
     assert config.hparams == {"maml": {"inner_lr": "0.1", "meta_batch": 4}, "protonet": {"train_ways": 30},
-                              "reptile": {"meta_batch": "2"}}
+                              "reptile": {"test_inner_steps": 10, "meta_batch": "2"}}  # the quick budget's setting too
 
 
 @pytest.mark.parametrize("toml", ["hparams = 3\n", "[hparams]\nmaml = 3\n"])
@@ -59,7 +59,7 @@ def test_iterations_override_the_budget_for_every_learner_or_one(tmp_path: Path)
 #: episodes, validation episodes, validation points or spacing). A change here is a change of
 #: every published number: update the docs and the committed runs with it.
 PINNED = {
-    "quick": {"maml": 220, "fomaml": 300, "reptile": 1500, "protonet": 450, "matchingnet": 600},
+    "quick": {"maml": 220, "fomaml": 300, "reptile": 1000, "protonet": 450, "matchingnet": 600},
     "paper": {"maml": 60000, "fomaml": 60000, "reptile": 100000, "protonet": 20000, "matchingnet": 20000},
 }
 PINNED_REGRESSION = {"quick": {"maml": 6000, "fomaml": 6000, "reptile": 15000, "pretrained": 6000},
@@ -77,6 +77,20 @@ def test_the_budget_presets_are_pinned() -> None:
     assert sizes == {"smoke": (10, 2, 1, False, 0), "quick": (600, 10, 3, False, 0), "paper": (600, 100, 20, False, 0),
                      "converge": (600, 1000, 5, True, 10)}
     assert BUDGETS["smoke"].iterations("maml", "classification") == 2
+    # the presets' hyperparameters (docs/runs.md): only quick sets one, Reptile's test-time steps
+    assert {(b, n): BUDGETS[b].settings(n, "classification") for b in BUDGETS for n in LEARNERS
+            if BUDGETS[b].settings(n, "classification")} == {("quick", "reptile"): {"test_inner_steps": 10}}
+
+
+def test_a_budgets_settings_go_under_the_users_and_into_the_config(tmp_path: Path) -> None:
+    """The quick budget's Reptile tests with 10 inner steps; ``--set`` overrides that; converging
+    (the paper's preset), regression and other learners get no preset settings."""
+    assert configured(tmp_path, "budget = 'quick'\n").hparams == {"reptile": {"test_inner_steps": 10}}
+    config = configured(tmp_path, "budget = 'quick'\n", "--set", "reptile.test_inner_steps=50", "--set", "maml.inner_lr=0.2")
+    assert config.hparams == {"reptile": {"test_inner_steps": "50"}, "maml": {"inner_lr": "0.2"}}
+    assert configured(tmp_path, "budget = 'converge'\n").hparams == {}
+    assert configured(tmp_path, "budget = 'quick'\ndataset = 'sinusoid'\n").hparams == {}
+    assert configured(tmp_path, "budget = 'quick'\nlearners = ['protonet']\n").hparams == {}
     assert resolve({"budget": "converge"}).validate_every == PINNED_VALIDATE_EVERY
 
 

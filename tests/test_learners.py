@@ -330,3 +330,43 @@ def test_maml_chooses_and_checks_the_core_layout_and_path() -> None:
         build_learner("maml", 5, (1, 28, 28), 10, torch.device("cpu"), 0, {"layout": "nhwc"})
     with pytest.raises(ConfigError, match="maml.layout=channels_last needs image inputs: use --set maml.layout=auto"):
         build_learner("maml", 1, (1,), 10, torch.device("cpu"), 0, {"layout": "channels_last"})
+
+
+@pytest.mark.parametrize("name", ["reptile", "protonet", "matchingnet"])
+def test_layout_sets_meta_training_only(name: str, omniglot_vinyals) -> None:
+    """Reptile, Prototypical and Matching Networks meta-train on channels-last images on CPU
+    (``auto``): a training step computes the same loss as in the contiguous layout, up to float32
+    rounding; prediction is the same bit for bit whatever the setting (the layout every committed
+    run was scored in); the kept weights stay contiguous; bad settings are one-line errors naming
+    the fix.
+
+    The weights after a step are not compared: max-pooling and ReLU are not differentiable at
+    ties and at zero, so rounding decides where some gradients go, and Adam's first steps (about
+    ``lr * sign(gradient)``) turn that into learning-rate-sized differences, as between two CPU
+    models. Reptile takes one inner step here, so that its step's loss is the loss at theta.
+    """
+    extra = {"train_inner_steps": 1} if name == "reptile" else {}
+    learners = {lay: build_learner(name, 5, (1, 28, 28), 10, torch.device("cpu"), 0, {"layout": lay, **extra})
+                for lay in ("auto", "contiguous", "channels_last")}
+    assert learners["auto"].layout == "channels_last" and learners["contiguous"].layout == "contiguous"
+    fast, slow = learners["channels_last"], learners["contiguous"]
+    slow.model.load_state_dict(fast.model.state_dict())
+    episode = EpisodeSampler(omniglot_vinyals.test, 5, 1, 3, seed=0).episodes(0, 1)[0]
+    assert torch.equal(fast.predict(episode), slow.predict(episode))
+    shape = fast.train_shape(5, 1, 3)
+    train = EpisodeSampler(omniglot_vinyals.train, shape.ways, shape.shots, shape.queries, seed=1,
+                           stream="train").episodes(0, shape.meta_batch)
+    before = {k: v.clone() for k, v in fast.model.state_dict().items()}
+    fast_loss, slow_loss = fast.meta_train_step(train).loss, slow.meta_train_step(train).loss
+    assert fast_loss == pytest.approx(slow_loss, rel=1e-5)
+    after = fast.model.state_dict()
+    assert any(not torch.equal(after[k], before[k]) for k in before), "the step changed no weight"
+    assert all(v.is_contiguous() for v in after.values()), "kept weights stay contiguous"
+    with pytest.raises(ConfigError, match=rf"unknown layout 'nhwc' for {name}: use --set {name}.layout=auto\|contiguous\|channels_last"):
+        build_learner(name, 5, (1, 28, 28), 10, torch.device("cpu"), 0, {"layout": "nhwc"})
+
+
+def test_reptile_regression_keeps_contiguous_inputs() -> None:
+    assert build_learner("reptile", 1, (1,), 10, torch.device("cpu"), 0).layout == "contiguous"
+    with pytest.raises(ConfigError, match="reptile.layout=channels_last needs image inputs: use --set reptile.layout=auto"):
+        build_learner("reptile", 1, (1,), 10, torch.device("cpu"), 0, {"layout": "channels_last"})
