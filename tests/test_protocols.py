@@ -19,9 +19,11 @@ from metabench.rundata import data_for
 
 REPO = Path(__file__).resolve().parents[1]
 #: Committed runs with kept weights, re-scored through the protocols: (run directory, episodes
-#: re-scored, worker processes as the run scored them: None for the run's own setting; the sinusoid
+#: re-scored, worker processes as the run scored them: None for the run's own setting; ``-v1`` is the
+#: quick run as first sized, whose weights the protocol runs evaluate, scored before meta-training
+#: went channels-last (prediction did not change with it); the sinusoid
 #: run scored every learner in one process, before Reptile's TEST_IN_WORKERS, see its WEIGHTS.md).
-COMMITTED = [("omniglot-vinyals-5w1s-quick", 8, None), ("sinusoid-k10-quick", 16, 1)]
+COMMITTED = [("omniglot-vinyals-5w1s-quick", 8, None), ("omniglot-vinyals-5w1s-quick-v1", 8, None), ("sinusoid-k10-quick", 16, 1)]
 
 
 def committed_config(run: str, data_root: Path):

@@ -330,7 +330,7 @@ def test_committed_stream_is_rescored_from_the_kept_weights(data_root: Path) -> 
     run = REPO / "results" / COMMITTED[0]
     config, protocol = committed(COMMITTED[0], data_root)
     material = protocol.material(config, data_for(config))
-    learner = load_learner(REPO / "results" / "omniglot-vinyals-5w1s-quick" / "weights" / "protonet-seed0.safetensors")
+    learner = load_learner(REPO / "results" / "omniglot-vinyals-5w1s-quick-v1" / "weights" / "protonet-seed0.safetensors")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
