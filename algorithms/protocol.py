@@ -70,7 +70,9 @@ class MetaLearner(ABC):
     preset, ``paper`` being the paper's count; ``BUDGET_SETTINGS``: hyperparameters a preset sets on
     image datasets, under the user's ``--set``, where a short training is served better than by
     the paper's values, measured on validation episodes; ``VALIDATE_EVERY``: iterations between
-    validations when training to convergence), whether its test episodes are worth spreading over worker
+    validations when training to convergence), hyperparameters added after weights were first
+    kept (``LEGACY_SETTINGS``: the value that reproduces weights whose recorded
+    ``hyperparameters`` lack the field, i.e. how they were trained and tested), whether its test episodes are worth spreading over worker
     processes on CPU (``TEST_IN_WORKERS``: only where one episode's adaptation takes long enough
     to repay the processes' start-up), whether its meta-training step has an inner loop of
     gradient steps (``INNER_LOOP``: then ``metabench time --inner-steps`` applies), and implement the abstract methods. A new learner is its file
@@ -100,6 +102,7 @@ class MetaLearner(ABC):
     ITERATIONS: ClassVar[dict[str, int]] = {}
     REGRESSION_ITERATIONS: ClassVar[dict[str, int]] = {}
     BUDGET_SETTINGS: ClassVar[dict[str, dict[str, Any]]] = {}
+    LEGACY_SETTINGS: ClassVar[dict[str, Any]] = {}
     VALIDATE_EVERY: ClassVar[int] = 1000
     TEST_IN_WORKERS: ClassVar[bool] = False
     INNER_LOOP: ClassVar[bool] = False
@@ -227,11 +230,17 @@ class MetaLearner(ABC):
         return {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The meta-learned parameters (to save or to compare)."""
+        """What meta-training learned and prediction uses (to keep, to compare, to restore the
+        best validation's): the network's parameters and buffers under their module names, plus
+        any other meta-learned state a learner adds under its own prefix."""
         return self.model.state_dict()
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Load parameters saved by :meth:`state_dict`."""
+        """Load what :meth:`state_dict` returned.
+
+        Raises:
+            RuntimeError: if the tensors do not fit the network (another N for a fixed head, say).
+        """
         self.model.load_state_dict(state)
 
     def training_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -247,13 +256,8 @@ class MetaLearner(ABC):
         meta: dict[str, Any] = {"iteration": self.iteration}
         optimizer = getattr(self, "optimizer", None)
         if optimizer is not None:
-            state = optimizer.state_dict()
-            for index, slots in state["state"].items():
-                for slot, value in slots.items():
-                    if not isinstance(value, torch.Tensor):
-                        raise TypeError(f"optimizer state {slot} is not a tensor")
-                    tensors[f"optimizer.{index}.{slot}"] = value
-            meta["optimizer_groups"] = state["param_groups"]
+            tensors.update(optimizer_tensors(optimizer, "optimizer"))
+            meta["optimizer_groups"] = optimizer.state_dict()["param_groups"]
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             meta["scheduler"] = scheduler.state_dict()
@@ -269,13 +273,7 @@ class MetaLearner(ABC):
         self.iteration = int(meta["iteration"])
         optimizer = getattr(self, "optimizer", None)
         if optimizer is not None:
-            slots: dict[int, dict[str, torch.Tensor]] = {}
-            for key, value in tensors.items():
-                if key.startswith("optimizer."):
-                    _, index, slot = key.split(".", 2)
-                    slots.setdefault(int(index), {})[slot] = value
-            groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else dict(g) for g in meta["optimizer_groups"]]
-            optimizer.load_state_dict({"state": slots, "param_groups": groups})
+            load_optimizer_tensors(optimizer, tensors, "optimizer", meta["optimizer_groups"])
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             scheduler.load_state_dict(dict(meta["scheduler"]))
@@ -283,6 +281,42 @@ class MetaLearner(ABC):
     def parameter_count(self) -> int:
         """Number of meta-learned scalars."""
         return sum(p.numel() for p in self.model.parameters())
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
+    """An optimizer's per-parameter state as flat tensors ``{prefix}.{index}.{slot}`` (Adam's
+    ``exp_avg``, ``exp_avg_sq`` and ``step``, say), the form :mod:`metabench.checkpoint` saves.
+
+    Raises:
+        TypeError: if a slot is not a tensor (an optimizer this suite does not use).
+    """
+    tensors = {}
+    for index, slots in optimizer.state_dict()["state"].items():
+        for slot, value in slots.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"optimizer state {slot} is not a tensor")
+            tensors[f"{prefix}.{index}.{slot}"] = value
+    return tensors
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], prefix: str,
+                           groups: Sequence[Mapping[str, Any]] | None = None) -> None:
+    """Load the state :func:`optimizer_tensors` flattened (other keys of ``tensors`` are ignored),
+    with hyperparameter ``groups`` as saved (JSON: Adam's ``betas`` come back as a list) or, if
+    ``None``, the optimizer's own. The tensors are copied, so later steps do not change them.
+
+    Raises:
+        KeyError, ValueError: if the state is of another network.
+    """
+    slots: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            index, slot = key[len(prefix) + 1:].split(".", 1)
+            slots.setdefault(int(index), {})[slot] = value.clone()
+    if groups is None:
+        groups = optimizer.state_dict()["param_groups"]
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else dict(g) for g in groups]
+    optimizer.load_state_dict({"state": slots, "param_groups": groups})
 
 
 def problem_kind(image_shape: tuple[int, ...]) -> str:

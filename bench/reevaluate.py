@@ -47,6 +47,15 @@ CHANGEABLE = ("test_dataset", "test_split", "ways", "shots", "queries", "test_ep
               "device", "data_root", "download", "workers", "protocol", "protocol_settings")
 
 
+def kept_hparams(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The hyperparameter overrides that rebuild the learner of a weights file's ``meta``: those
+    its run set, plus, for each of the learner's ``LEGACY_SETTINGS`` missing from the recorded
+    ``hyperparameters`` (a field added after the file was written), the value it was trained with."""
+    recorded = meta.get("hyperparameters") or {}
+    legacy = {k: v for k, v in LEARNERS[meta["learner"]].LEGACY_SETTINGS.items() if k not in recorded}
+    return {**legacy, **meta["hparams"]}
+
+
 def load_learner(path: Path, device: torch.device | str = "cpu", ways: int | None = None) -> MetaLearner:
     """Rebuild a trained learner from its kept weights.
 
@@ -70,9 +79,9 @@ def load_learner(path: Path, device: torch.device | str = "cpu", ways: int | Non
     trained_ways = int(meta["ways"])
     ways = trained_ways if ways is None else ways
     learner = build_learner(name, ways, tuple(meta["input_shape"]), max(1, int(meta["iteration"])), device,
-                            int(meta["seed"]), meta["hparams"])
+                            int(meta["seed"]), kept_hparams(meta))
     try:
-        learner.model.load_state_dict(tensors)
+        learner.load_state_dict(tensors)
     except RuntimeError:
         raise ConfigError(f"{LEARNERS[name].title} was trained {trained_ways}-way and its network's output layer fixes N: "
                           f"evaluate it with --ways {trained_ways}") from None

@@ -287,7 +287,7 @@ def _train_and_test(config: RunConfig, name: str, seed: int, data: RunData, shap
             pd.DataFrame([{"seed": seed, "learner": name, **r} for r in rows]).to_csv(folder / "episodes.csv", index=False)
             pd.DataFrame([{"seed": seed, "learner": name, **r} for r in trained.curve]).to_csv(folder / "curve.csv", index=False)
             _write_json(folder / "result.json", info)
-            checkpoint.save(folder / "weights.safetensors", learner.model.state_dict(), meta)
+            checkpoint.save(folder / "weights.safetensors", learner.state_dict(), meta)
 
         write_atomically(done, write, "finished learner's folder")
         for stale in (checkpointer.last, checkpointer.previous):

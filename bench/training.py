@@ -294,7 +294,7 @@ def train(
                     if validation.better(score, state.best):
                         state.best, state.best_iteration, state.since_best = score, step, 0
                         if keep_best:
-                            best_weights = {k: v.detach().clone() for k, v in learner.model.state_dict().items()}
+                            best_weights = {k: v.detach().clone() for k, v in learner.state_dict().items()}
                     else:
                         state.since_best += 1
                         if patience and state.since_best >= patience:
@@ -313,7 +313,7 @@ def train(
         bar.close()
     tested = state.step
     if keep_best and best_weights is not None:
-        learner.model.load_state_dict(best_weights)
+        learner.load_state_dict(best_weights)
         tested = state.best_iteration
     return TrainResult(
         curve=state.curve, seconds=state.seconds, cpu_seconds=state.cpu_seconds, iterations=state.step,
