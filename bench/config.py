@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from metabench.algorithms import LEARNERS, META_LEARNERS, learner_config
-from metabench.datasets import DATASETS
+from metabench.datasets import DATASETS, check_split
 from metabench.errors import ConfigError
 from metabench.protocols import protocol_class, standard
 
@@ -315,8 +315,7 @@ def resolve(values: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
     info = DATASETS[dataset]
     split = given.get("split", info.splits[0])
-    if split not in info.splits:
-        raise ConfigError(f"unknown split {split!r} of {dataset}: choose one of {', '.join(info.splits)}")
+    check_split(dataset, split, "--split")
     if info.partitions.get(split, (1, 1, 1))[0] == 0:
         raise ConfigError(f"{dataset} has no meta-training classes (its {split} split is meta-test only): meta-train on "
                           f"another dataset and test on it with --test-dataset {dataset}")
@@ -325,8 +324,7 @@ def resolve(values: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(f"unknown test dataset {test_dataset!r}: choose one of {', '.join(DATASETS)}")
     test_info = DATASETS[test_dataset]
     test_split = given.get("test_split", split if test_dataset == dataset else test_info.splits[0])
-    if test_split not in test_info.splits:
-        raise ConfigError(f"unknown split {test_split!r} of {test_dataset}: choose one of {', '.join(test_info.splits)}")
+    check_split(test_dataset, test_split, "--test-split")
     if test_info.kind != info.kind or test_info.channels != info.channels:
         raise ConfigError(
             f"cannot test on {test_dataset} after meta-training on {dataset}: they differ in "

@@ -31,6 +31,7 @@ __all__ = [
     "ImageDataset",
     "Located",
     "Split",
+    "check_split",
     "dataset_info",
     "load_split",
     "resolve_data_root",
@@ -134,6 +135,23 @@ def dataset_info(dataset: str) -> DatasetInfo:
     return DATASETS[dataset]
 
 
+def check_split(dataset: str, split: str, option: str = "--split") -> DatasetInfo:
+    """The registry entry of ``dataset`` after checking that ``split`` is one of its splits.
+
+    Args:
+        dataset: a name of :data:`DATASETS`.
+        split: the split name to check.
+        option: the command-line option that sets it, named in the error (``--test-split``...).
+
+    Raises:
+        ConfigError: for an unknown dataset or split, naming the known ones.
+    """
+    info = dataset_info(dataset)
+    if split not in info.splits:
+        raise ConfigError(f"unknown split {split!r} of {dataset}: choose one of {', '.join(info.splits)} ({option})")
+    return info
+
+
 def load_split(
     dataset: str,
     split: str,
@@ -161,6 +179,5 @@ def load_split(
     info = dataset_info(dataset)
     if info.load is None:
         raise ConfigError(f"{dataset} is generated, not loaded from files: it has no class split")
-    if split not in info.splits:
-        raise ConfigError(f"unknown split {split!r} of {dataset}: choose one of {', '.join(info.splits)}")
+    check_split(dataset, split)
     return info.load(split, data_root, info.image_size if image_size is None else image_size, download)

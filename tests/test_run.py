@@ -145,6 +145,7 @@ def test_toml_config_and_flags(tmp_path: Path, data_root: Path) -> None:
         (["--learners", "maml,nope"], ["unknown learner 'nope'", "choose from maml, fomaml"]),
         (["--dataset", "imagenet"], ["unknown dataset 'imagenet'", "omniglot"]),
         (["--split", "random"], ["unknown split 'random'", "vinyals, lake"]),
+        (["--test-dataset", "digits", "--test-split", "vinyals"], ["unknown split 'vinyals' of digits", "(--test-split)"]),
         (["--ways", "1700"], ["1700-way", "lower --ways to at most 1692"]),
         (["--shots", "10", "--queries", "11"], ["21 images per class", "lower --shots or --queries"]),
         (["--set", "maml.inner_rate=1"], ["unknown hyperparameter maml.inner_rate"]),

@@ -232,6 +232,7 @@ def test_summary_counts_detections_recovery_and_returns() -> None:
     ({"ood_dataset": "none", "mixing": "0.5,0.25,0.25"}, "set the middle probability to 0"),
     ({"mixing": "nan,0.5,0.5"}, "--mixing takes three probabilities"),
     ({"ood_dataset": "omniglot", "ood_split": "vinyals"}, "is the run's own test data"),
+    ({"ood_dataset": "digits", "ood_split": "lake"}, "unknown split 'lake' of digits: choose one of .* \\(--ood-split\\)"),
 ])
 def test_bad_settings_name_the_fix(settings: dict, message: str, data_root: Path) -> None:
     with pytest.raises(ConfigError, match=message):

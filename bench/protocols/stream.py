@@ -76,7 +76,7 @@ import torch.nn.functional as F
 
 from metabench.algorithms import LEARNERS
 from metabench.algorithms.backbones import channels_last
-from metabench.datasets import DATASETS, load_split
+from metabench.datasets import DATASETS, check_split, load_split
 from metabench.datasets.sampler import Episode
 from metabench.errors import ConfigError
 from metabench.evaluation import evaluate, synchronize
@@ -407,8 +407,7 @@ class StreamProtocol(EvaluationProtocol):
         info = DATASETS[where[0]]
         if info.kind != "classification":
             raise ConfigError(f"--ood-dataset {where[0]} is not an image dataset: use digits or another image dataset, or none")
-        if where[1] not in info.splits:
-            raise ConfigError(f"unknown split {where[1]!r} of {where[0]}: use --ood-split {' or '.join(info.splits)}")
+        check_split(where[0], where[1], "--ood-split")
         channels = data.input_shape[0]
         if info.channels != channels:
             raise ConfigError(f"--ood-dataset {where[0]} has {info.channels} channel(s) but the run's images have "

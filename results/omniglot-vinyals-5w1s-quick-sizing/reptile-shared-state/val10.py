@@ -1,7 +1,9 @@
 """Validation accuracy (10 test-time steps) of kept Reptile weights on the first N validation episodes."""
 import sys
 from pathlib import Path
+
 import numpy as np
+
 from metabench.datasets import load_split
 from metabench.datasets.sampler import EpisodeSampler
 from metabench.reevaluate import load_learner
