@@ -98,25 +98,39 @@ def import_higher() -> types.ModuleType:
         raise ConfigError(f"higher is not importable ({exc}): install the peers with `nox -s peers`") from None
 
 
+def torch_nn_conv4(ways: int | None, channels: int = 1, hidden: int = 64, features: int | None = None) -> nn.Sequential:
+    """The Conv4 of Vinyals et al. (2016) in standard ``torch.nn`` modules, freshly initialised:
+    what a learn2learn or higher user writes. Four blocks of 3x3 convolution (``hidden``
+    filters, padding 1), ``nn.BatchNorm2d(track_running_stats=False)`` (batch statistics, as
+    ours), ReLU and 2x2 max-pool, then a flatten and (``ways`` not ``None``) a linear head from
+    ``features`` inputs (``None``: ``hidden``, the embedding size of 28x28 images; 1600 for 84x84).
+
+    Returns:
+        An ``nn.Sequential`` on the CPU in float32: ``[M, channels, H, W]`` -> the flattened
+        embeddings, ``[M, hidden]`` for 28x28, or ``[M, ways]`` logits with a head.
+    """
+    layers: list[nn.Module] = []
+    for c_in in (channels, hidden, hidden, hidden):
+        layers += [nn.Conv2d(c_in, hidden, 3, padding=1), nn.BatchNorm2d(hidden, track_running_stats=False), nn.ReLU(),
+                   nn.MaxPool2d(2)]
+    layers.append(nn.Flatten())
+    if ways is not None:
+        layers.append(nn.Linear(hidden if features is None else features, ways))
+    return nn.Sequential(*layers)
+
+
 def standard_conv4(params: dict[str, torch.Tensor], ways: int) -> nn.Sequential:
-    """Conv4 written with standard ``torch.nn`` modules, holding copies of ``params`` (the
-    parameter dict of a :class:`~metabench.algorithms.backbones.Conv4` with a head): what a
-    learn2learn or higher user writes. Batch norm is ``nn.BatchNorm2d(track_running_stats=False)``
-    (batch statistics, as ours); blocks are conv, BN, ReLU, max-pool.
+    """:func:`torch_nn_conv4` holding copies of ``params`` (the parameter dict of a
+    :class:`~metabench.algorithms.backbones.Conv4` with a head), for the peers' steps.
 
     Returns:
         An ``nn.Sequential`` on ``params``' device and dtype; input ``[M, C, H, W]`` ->
         logits ``[M, ways]``.
     """
-    layers: list[nn.Module] = []
-    for i in (0, 4, 8, 12):
-        w = params[f"features.{i}.weight"]
-        layers += [nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1),
-                   nn.BatchNorm2d(w.shape[0], track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2)]
-    head = params["head.weight"]
-    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(head.shape[1], ways)).to(head.device, head.dtype)
+    first, head = params["features.0.weight"], params["head.weight"]
+    model = torch_nn_conv4(ways, first.shape[1], first.shape[0], head.shape[1]).to(head.device, head.dtype)
     with torch.no_grad():
-        for p, name in zip(model.parameters(), CONV4_NAMES):
+        for p, name in zip(model.parameters(), CONV4_NAMES, strict=True):
             p.copy_(params[name])
     return model
 

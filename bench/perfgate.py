@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metabench import peers
 from metabench.errors import ConfigError
 from metabench.timing import TIMED_LEARNERS
 
@@ -105,17 +106,9 @@ class Baseline:
 
 
 def reference_conv4(ways: int | None) -> nn.Module:
-    """The reference Conv4 (Vinyals et al. 2016): four blocks of 3x3 convolution with 64 filters,
-    batch norm with batch statistics, ReLU and 2x2 max-pool, then (``ways`` not ``None``) a linear
-    head to ``ways`` logits; ``[B, 1, 28, 28]`` -> ``[B, 64]`` or ``[B, ways]``."""
-    layers: list[nn.Module] = []
-    for c_in in (1, 64, 64, 64):
-        layers += [nn.Conv2d(c_in, 64, 3, padding=1), nn.BatchNorm2d(64, track_running_stats=False), nn.ReLU(),
-                   nn.MaxPool2d(2)]
-    layers.append(nn.Flatten())
-    if ways is not None:
-        layers.append(nn.Linear(64, ways))
-    return nn.Sequential(*layers)
+    """The reference network, :func:`metabench.peers.torch_nn_conv4` for 1-channel 28x28 images
+    with 64 filters: ``[B, 1, 28, 28]`` -> ``[B, 64]`` or ``[B, ways]``."""
+    return peers.torch_nn_conv4(ways)
 
 
 class Workload(NamedTuple):
