@@ -1,8 +1,22 @@
 """Backbones shared by the learners: Conv4 for images and the MLP for sinusoid regression.
 
 Conv4 is the four-block convolutional network of Vinyals et al. (2016, Sec. 4.1) used by
-Finn et al. (2017, Sec. 5.2), Snell et al. (2017, Sec. 3.1) and Nichol et al. (2018, App. A):
-4 x [conv 3x3 with 64 filters, batch norm, ReLU, 2x2 max-pool].
+Snell et al. (2017, Sec. 3.1), and by Finn et al. (2017, Sec. 5.2) and Nichol et al. (2018, App. A)
+on miniImageNet: 4 x [conv 3x3 with 64 filters, batch norm, ReLU, 2x2 max-pool]. It is the
+network every learner here uses by default (``network="conv4"``), so that learners are compared
+on one network.
+
+For Omniglot the MAML and Reptile papers downsample with the convolutions instead: "For Omniglot,
+we used strided convolutions instead of max-pooling" (Finn et al. 2017, Sec. 5.2), and Reptile's
+released ``OmniglotModel`` (github.com/openai/supervised-reptile, ``supervised_reptile/models.py``)
+is 4 x [conv 3x3 with stride 2, batch norm, ReLU]. The two read out the last 2 x 2 map
+differently: MAML's released code (github.com/cbfinn/maml, ``maml.py``, ``forward_conv``) averages
+it, "so the dimensionality of the last hidden layer is 64" (Sec. 5.2); Reptile's flattens it
+(256 features). :data:`NETWORKS` names the three: ``conv4``, ``conv4-stride-mean`` (MAML's
+Omniglot network) and ``conv4-stride-flat`` (Reptile's). Padding is 1 on each side, so 28 x 28
+images give 14, 7, 4 and 2 pixels a side, as TensorFlow's ``'SAME'`` padding in both released
+codes (which pads one pixel at the bottom and right only: the same sizes, windows one pixel
+apart).
 
 Batch norm is **transductive**: it always normalises with the statistics of the batch it is
 given, at meta-training and at meta-test time, and keeps no running statistics (Finn et al. 2017,
@@ -113,14 +127,45 @@ def batch_stat_norm(
     return torch.addcmul(bias, centred, weight * torch.rsqrt(var + eps))
 
 
-def conv4_feature_dim(image_size: int, hidden: int = 64) -> int:
-    """Length of the flattened Conv4 embedding for square ``image_size`` inputs (28 -> 64)."""
+#: Conv4 networks by name -> (how each block halves the image, how the last map is read out):
+#: ``max_pool`` (2x2 max-pool after batch norm) or ``stride`` (the convolution has stride 2);
+#: ``flatten`` (every pixel of the last map is a feature) or ``mean`` (its average per channel).
+#: Sources: the module docstring.
+NETWORKS: dict[str, tuple[str, str]] = {
+    "conv4": ("max_pool", "flatten"),
+    "conv4-stride-mean": ("stride", "mean"),
+    "conv4-stride-flat": ("stride", "flatten"),
+}
+
+
+def check_network(learner: str, network: str) -> tuple[str, str]:
+    """``(downsample, readout)`` of the Conv4 ``network`` (one of :data:`NETWORKS`).
+
+    Raises:
+        ConfigError: for an unknown name, naming the ``--set`` that fixes it.
+    """
+    if network not in NETWORKS:
+        raise ConfigError(f"unknown network {network!r} for {learner}: use --set {learner}.network={'|'.join(NETWORKS)}")
+    return NETWORKS[network]
+
+
+def conv4_feature_dim(image_size: int, hidden: int = 64, network: str = "conv4") -> int:
+    """Length of the Conv4 embedding for square ``image_size`` inputs (28 -> 64 for ``conv4`` and
+    ``conv4-stride-mean``, 256 for ``conv4-stride-flat``).
+
+    Raises:
+        ValueError: for an image too small for four 2x2 max-pools (below 16 pixels), or an
+            unknown ``network``.
+    """
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network!r}: use one of {', '.join(NETWORKS)}")
+    downsample, readout = NETWORKS[network]
     side = image_size
     for _ in range(4):
-        side //= 2
+        side = side // 2 if downsample == "max_pool" else (side + 1) // 2
     if side < 1:
         raise ValueError(f"image_size {image_size} is too small for four 2x2 max-pools (need >= 16)")
-    return hidden * side * side
+    return hidden if readout == "mean" else hidden * side * side
 
 
 class Conv4(nn.Module):
@@ -137,13 +182,16 @@ class Conv4(nn.Module):
             Reptile); if ``None`` the module returns the embedding (Prototypical and Matching
             Networks).
         norm_impl: :class:`BatchStatNorm2d` implementation, ``"native"`` or ``"tensor_ops"``.
+        network: one of :data:`NETWORKS`: ``conv4`` (2x2 max-pools), or the strided Omniglot
+            networks of the MAML (``conv4-stride-mean``) and Reptile (``conv4-stride-flat``)
+            papers. A strided block keeps the parameter names: its max-pool slot is an identity.
 
     Shapes:
         input float32 ``[B, in_channels, image_size, image_size]`` -> ``[B, n_outputs]`` or
-        ``[B, conv4_feature_dim(image_size, hidden)]``.
+        ``[B, conv4_feature_dim(image_size, hidden, network)]``.
 
     Raises:
-        ValueError: if ``image_size`` is below 16.
+        ValueError: if ``image_size`` is below 16, or for an unknown ``network``.
     """
 
     def __init__(
@@ -153,16 +201,19 @@ class Conv4(nn.Module):
         hidden: int = 64,
         n_outputs: int | None = None,
         norm_impl: str = "native",
+        network: str = "conv4",
     ) -> None:
         super().__init__()
-        self.feature_dim = conv4_feature_dim(image_size, hidden)
+        self.feature_dim = conv4_feature_dim(image_size, hidden, network)
+        downsample, self.readout = NETWORKS[network]
+        stride = 2 if downsample == "stride" else 1
         layers: list[nn.Module] = []
         channels = in_channels
         for _ in range(4):
             layers += [
-                nn.Conv2d(channels, hidden, kernel_size=3, padding=1),
+                nn.Conv2d(channels, hidden, kernel_size=3, padding=1, stride=stride),
                 BatchStatNorm2d(hidden, impl=norm_impl),
-                nn.MaxPool2d(2),
+                nn.MaxPool2d(2) if downsample == "max_pool" else nn.Identity(),
                 nn.ReLU(),
             ]
             channels = hidden
@@ -171,8 +222,13 @@ class Conv4(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embed ``x`` and, if the module has a head, classify it (see class docstring)."""
-        z = self.features(x).flatten(1)
+        z = _read_out(self.features(x), self.readout)
         return self.head(z) if self.head is not None else z
+
+
+def _read_out(x: torch.Tensor, readout: str) -> torch.Tensor:
+    """The embedding ``[B, D]`` of the last feature map ``x`` ``[B, C, H, W]`` (:data:`NETWORKS`)."""
+    return x.mean(dim=(2, 3)) if readout == "mean" else x.flatten(1)
 
 
 CONV_LAYERS = (0, 4, 8, 12)
@@ -245,7 +301,8 @@ def _group_tasks(x: torch.Tensor) -> torch.Tensor:
     return out.copy_(x.transpose(0, 1)).reshape(m, tasks * c, h, w)
 
 
-def conv4_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: str = "native") -> torch.Tensor:
+def conv4_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: str = "native",
+                  network: str = "conv4") -> torch.Tensor:
     """Conv4 (:class:`Conv4`) as a pure function of its parameter dict, for one task.
 
     Args:
@@ -258,7 +315,9 @@ def conv4_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: str = 
             (:func:`~metabench.algorithms.batch_norm.batch_norm_twice` and
             :func:`~metabench.algorithms.max_pool.max_pool_2x2`: fused, with a fast second
             derivative, for the second-order inner loop) or ``"tensor_ops"``
-            (:func:`batch_stat_norm` and ``F.max_pool2d``, safe under ``vmap``).
+            (:func:`batch_stat_norm` and ``F.max_pool2d``, safe under ``vmap``). Strided networks
+            have no max-pool and use the batch norm of the same form (:data:`NORMS`).
+        network: one of :data:`NETWORKS`, as the :class:`Conv4` the parameters come from.
 
     Returns:
         Logits ``[M, n_outputs]``, or the embedding ``[M, D]`` if ``params`` has no head.
@@ -266,11 +325,13 @@ def conv4_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: str = 
     Raises:
         KeyError: if ``params`` lacks a Conv4 parameter. ValueError: for an unknown ``norm``.
     """
+    downsample, readout = NETWORKS[network]
+    block, stride = _block(norm, downsample), 2 if downsample == "stride" else 1
     for i in CONV_LAYERS:
-        x = F.conv2d(x, params[f"features.{i}.weight"], params[f"features.{i}.bias"], padding=1)
+        x = F.conv2d(x, params[f"features.{i}.weight"], params[f"features.{i}.bias"], stride=stride, padding=1)
         w, b = params[f"features.{i + 1}.weight"], params[f"features.{i + 1}.bias"]
-        x = F.relu(_block(norm)(x, w, b))
-    z = x.flatten(1)
+        x = F.relu(block(x, w, b))
+    z = _read_out(x, readout)
     return F.linear(z, params["head.weight"], params["head.bias"]) if "head.weight" in params else z
 
 
@@ -290,14 +351,29 @@ def _tensor_ops_block(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torc
 BLOCKS = {"native": _native_block, "tensor_ops": _tensor_ops_block, "twice": _twice_block}
 
 
-def _block(name: str):
+def _native_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.batch_norm(x, None, None, w, b, training=True)
+
+
+def _tensor_ops_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return batch_stat_norm(x, w, b, (0, 2, 3))
+
+
+# Batch norm alone, per form, for the strided networks' blocks: the fused kernel, the fused
+# kernels with a hand-derived second derivative, tensor operations (safe under vmap).
+NORMS = {"native": _native_norm, "tensor_ops": _tensor_ops_norm, "twice": batch_norm_twice}
+
+
+def _block(name: str, downsample: str = "max_pool"):
+    forms = BLOCKS if downsample == "max_pool" else NORMS
     try:
-        return BLOCKS[name]
+        return forms[name]
     except KeyError:
-        raise ValueError(f"unknown batch-norm form {name!r}: use one of {', '.join(BLOCKS)}") from None
+        raise ValueError(f"unknown batch-norm form {name!r}: use one of {', '.join(forms)}") from None
 
 
-def conv4_tasks_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: str = "tensor_ops") -> torch.Tensor:
+def conv4_tasks_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: str = "tensor_ops",
+                        network: str = "conv4") -> torch.Tensor:
     """Conv4 for a batch of T tasks, each with its own parameters, in one pass.
 
     The T parameter sets are stacked on a leading axis; each convolution runs as one grouped
@@ -311,6 +387,7 @@ def conv4_tasks_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: 
         x: images ``[T, M, C, H, W]`` (M images per task); channels-last images
             (:func:`channels_last`) run the grouped convolutions channels-last.
         norm: as in :func:`conv4_forward`.
+        network: one of :data:`NETWORKS`, as in :func:`conv4_forward`.
 
     Returns:
         Logits ``[T, M, n_outputs]``.
@@ -319,15 +396,19 @@ def conv4_tasks_forward(params: dict[str, torch.Tensor], x: torch.Tensor, norm: 
         ValueError: for an unknown ``norm``.
     """
     tasks, m = x.shape[:2]
+    downsample, readout = NETWORKS[network]
+    block, stride = _block(norm, downsample), 2 if downsample == "stride" else 1
     h = _group_tasks(x)
     for i in CONV_LAYERS:
         w = params[f"features.{i}.weight"]
-        h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), params[f"features.{i}.bias"].reshape(-1), padding=1, groups=tasks)
+        h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), params[f"features.{i}.bias"].reshape(-1), stride=stride,
+                     padding=1, groups=tasks)
         # Channels of the grouped tensor are (task, channel) pairs, so per-channel batch norm of
         # [M, T*C, H, W] takes statistics per task and channel, as each task's own forward does.
         gamma, beta = params[f"features.{i + 1}.weight"], params[f"features.{i + 1}.bias"]
-        h = F.relu(_block(norm)(h, gamma.reshape(-1), beta.reshape(-1)))
-    z = h.reshape(m, tasks, -1).transpose(0, 1)
+        h = F.relu(block(h, gamma.reshape(-1), beta.reshape(-1)))
+    # [M, T*C, H, W] -> [T, M, C*H*W] (flatten) or [T, M, C] (mean), task t's channels together.
+    z = _read_out(h, readout).reshape(m, tasks, -1).transpose(0, 1)
     return torch.baddbmm(params["head.bias"].unsqueeze(1), z, params["head.weight"].transpose(1, 2))
 
 

@@ -33,9 +33,8 @@ from torch import nn
 from metabench.datasets.sampler import Episode
 from metabench.errors import ConfigError
 
-from .backbones import MLP, Conv4, accuracy, resolve_layout
+from .backbones import MLP, Conv4, accuracy, check_network, resolve_layout
 from .maml_core import (
-    CONV4,
     MLP_REGRESSION,
     STRATEGIES,
     CoreOptions,
@@ -43,6 +42,7 @@ from .maml_core import (
     adapt_and_predict,
     choose_strategy,
     compiled_query_forward,
+    conv4_backbone,
     cpu_chunk,
     meta_gradient,
 )
@@ -73,6 +73,11 @@ class MAMLConfig:
             ``channels_last``. The same numbers up to float32 rounding.
         compile_query: run the query pass under ``torch.compile`` (one compilation per episode
             shape, seconds to a minute on CPU; Inductor needs a C++ compiler there).
+        network: the image network, one of :data:`~metabench.algorithms.backbones.NETWORKS`:
+            ``conv4`` (2x2 max-pools, the network all five learners share by default) or
+            ``conv4-stride-mean``, the paper's Omniglot network ("For Omniglot, we used strided
+            convolutions instead of max-pooling", Sec. 5.2; the released code averages the last
+            2x2 map). The Omniglot reproduction (``nox -s reproduce``) uses the latter.
     """
 
     MINIMUMS: ClassVar[dict[str, float | int]] = {"inner_lr": 0.0, "train_inner_steps": 1, "test_inner_steps": 0, "meta_batch": 1, "meta_lr": 0.0, "train_queries": 1, "chunk": 0}
@@ -90,6 +95,7 @@ class MAMLConfig:
     chunk: int = 0
     layout: str = "auto"
     compile_query: bool = False
+    network: str = "conv4"
 
 
 #: Finn et al. (2017, Sec. 5.1), sinusoid regression: alpha = 0.01, meta-batch 25, Adam meta
@@ -108,7 +114,8 @@ class MAML(MetaLearner):
     is needed at test time).
 
     Raises:
-        ConfigError: for an unknown ``strategy`` or ``layout``, or ``channels_last`` for regression.
+        ConfigError: for an unknown ``strategy``, ``layout`` or ``network``, or ``channels_last``
+            or a ``network`` for regression.
     """
 
     title = "MAML"
@@ -131,13 +138,16 @@ class MAML(MetaLearner):
         if config.strategy not in ("auto", *STRATEGIES):
             raise ConfigError(f"unknown strategy {config.strategy!r} for {self.name}: "
                               f"use --set {self.name}.strategy=auto|{'|'.join(STRATEGIES)}")
+        check_network(self.name, config.network)
         if self.kind == "regression":
+            if config.network != "conv4":
+                raise ConfigError(f"{self.name}.network chooses an image network; regression uses the MLP: drop --set {self.name}.network")
             self._backbone = MLP_REGRESSION
             self._model = MLP((image_shape[0], 40, 40, ways)).to(device)
         else:
             channels, height, _ = image_shape
-            self._backbone = CONV4
-            self._model = Conv4(channels, height, n_outputs=ways).to(device)
+            self._backbone = conv4_backbone(config.network)
+            self._model = Conv4(channels, height, n_outputs=ways, network=config.network).to(device)
         self.optimizer = torch.optim.Adam(self._model.parameters(), lr=config.meta_lr)
         self._strategies: dict[int, tuple[str, int | None]] = {}  # images per task -> (strategy, chunk) for "auto"
         self.layout = resolve_layout(self.name, config.layout, self._backbone.images, device)

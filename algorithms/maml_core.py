@@ -65,6 +65,7 @@ from torch.nn import functional as F
 
 from .backbones import (
     LAYOUTS,
+    NETWORKS,
     channels_last,
     conv4_forward,
     conv4_tasks_forward,
@@ -107,6 +108,22 @@ class Backbone:
 
 CONV4 = Backbone("conv4", conv4_forward, conv4_tasks_forward, F.cross_entropy, images=True)
 MLP_REGRESSION = Backbone("mlp", mlp_forward, mlp_tasks_forward, mse)
+
+
+def conv4_backbone(network: str = "conv4") -> Backbone:
+    """The Conv4 ``network`` (one of :data:`~metabench.algorithms.backbones.NETWORKS`) as a
+    :class:`Backbone`: :data:`CONV4` for ``conv4``, else its forwards with the network fixed.
+
+    Raises:
+        ValueError: for an unknown network (the learners check the name first, with
+            :func:`~metabench.algorithms.backbones.check_network`, which names the fix).
+    """
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network!r}: use one of {', '.join(NETWORKS)}")
+    if network == "conv4":
+        return CONV4
+    return Backbone(network, partial(conv4_forward, network=network), partial(conv4_tasks_forward, network=network),
+                    F.cross_entropy, images=True)
 
 
 @dataclass

@@ -45,7 +45,7 @@ from torch import nn
 from metabench.datasets.sampler import Episode
 from metabench.errors import ConfigError
 
-from .backbones import MLP, Conv4, accuracy, cross_entropy, in_layout, resolve_layout
+from .backbones import MLP, Conv4, accuracy, check_network, cross_entropy, in_layout, resolve_layout
 from .maml_core import mse
 from .protocol import (
     EpisodeShape,
@@ -82,6 +82,11 @@ class ReptileConfig:
             meta-training, and each prediction fine-tunes from a copy of it) or ``fresh`` (a new
             inner optimiser for every task; see the module docstring). The same for SGD, which
             keeps no state.
+        network: the image network, one of :data:`~metabench.algorithms.backbones.NETWORKS`:
+            ``conv4`` (2x2 max-pools, the network all five learners share by default) or
+            ``conv4-stride-flat``, the authors' Omniglot network (``OmniglotModel`` of their
+            released code: convolutions with stride 2, the last 2x2 map flattened). The Omniglot
+            reproduction (``nox -s reproduce``) uses the latter.
     """
 
     MINIMUMS: ClassVar[dict[str, float | int]] = {"inner_lr": 0.0, "train_inner_steps": 1, "inner_batch": 1, "train_shots": 1, "meta_batch": 1, "meta_step": 0.0, "meta_step_final": 0, "test_inner_steps": 0, "test_inner_batch": 1}
@@ -98,6 +103,7 @@ class ReptileConfig:
     test_inner_batch: int = 5
     layout: str = "auto"
     inner_state: str = "shared"
+    network: str = "conv4"
 
 
 def minibatches(n: int, batch: int, steps: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -122,8 +128,8 @@ class Reptile(MetaLearner):
     (regression) on the MLP 1-40-40-1 with the MSE loss.
 
     Raises:
-        ConfigError: for an unknown ``inner_optimizer`` or ``layout``, or ``layout=channels_last``
-            for regression.
+        ConfigError: for an unknown ``inner_optimizer``, ``layout`` or ``network``, or
+            ``layout=channels_last`` or a ``network`` for regression.
     """
 
     title = "Reptile"
@@ -161,12 +167,15 @@ class Reptile(MetaLearner):
             raise ConfigError(f"unknown inner state {config.inner_state!r} for reptile: use --set reptile.inner_state=fresh|shared")
         if config.inner_optimizer not in ("adam", "sgd"):
             raise ConfigError(f"unknown inner optimizer {config.inner_optimizer!r} for reptile: use --set reptile.inner_optimizer=adam|sgd")
+        check_network(self.name, config.network)
         if self.kind == "regression":
+            if config.network != "conv4":
+                raise ConfigError("reptile.network chooses an image network; regression uses the MLP: drop --set reptile.network")
             self._model = MLP((image_shape[0], 40, 40, ways)).to(device)
             self._loss = mse
         else:
             channels, height, _ = image_shape
-            self._model = Conv4(channels, height, n_outputs=ways).to(device)
+            self._model = Conv4(channels, height, n_outputs=ways, network=config.network).to(device)
             self._loss = cross_entropy
         self.layout = resolve_layout(self.name, config.layout, self.kind == "classification", device)
         # The network each task adapts: one for meta-training, in ``layout``; one for prediction,
