@@ -27,17 +27,26 @@ from metabench.algorithms.maml_core import (
 TASKS = 3
 
 
-def conv4_problem(dtype: torch.dtype) -> tuple:
-    """A small Conv4 (4 filters, 16x16 inputs, batch norm) and 3 three-way tasks; alpha = 0.4."""
-    torch.manual_seed(0)
-    model = Conv4(1, 16, hidden=4, n_outputs=3).to(dtype)
-    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
-    gen = torch.Generator().manual_seed(1)
-    sx = torch.rand(TASKS, 6, 1, 16, 16, generator=gen).to(dtype)
-    qx = torch.rand(TASKS, 9, 1, 16, 16, generator=gen).to(dtype)
-    sy = torch.tensor([0, 0, 1, 1, 2, 2]).repeat(TASKS, 1)
-    qy = torch.tensor([0, 1, 2] * 3).repeat(TASKS, 1)
-    return CONV4, params, (sx, sy, qx, qy), 0.4
+def image_problem(network: str, size: int):
+    """A small Conv4 ``network`` (4 filters, ``size`` x ``size`` inputs, batch norm) and 3 three-way
+    tasks; alpha = 0.4."""
+
+    def problem(dtype: torch.dtype) -> tuple:
+        torch.manual_seed(0)
+        model = Conv4(1, size, hidden=4, n_outputs=3, network=network).to(dtype)
+        params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+        gen = torch.Generator().manual_seed(1)
+        sx = torch.rand(TASKS, 6, 1, size, size, generator=gen).to(dtype)
+        qx = torch.rand(TASKS, 9, 1, size, size, generator=gen).to(dtype)
+        sy = torch.tensor([0, 0, 1, 1, 2, 2]).repeat(TASKS, 1)
+        qy = torch.tensor([0, 1, 2] * 3).repeat(TASKS, 1)
+        return conv4_backbone(network), params, (sx, sy, qx, qy), 0.4
+
+    return problem
+
+
+#: The max-pooling Conv4 on 16x16 inputs.
+conv4_problem = image_problem("conv4", 16)
 
 
 def sinusoid_problem(dtype: torch.dtype) -> tuple:
@@ -55,27 +64,10 @@ def sinusoid_problem(dtype: torch.dtype) -> tuple:
     return MLP_REGRESSION, params, (xs[:, :10], ys[:, :10], xs[:, 10:], ys[:, 10:]), 0.01
 
 
-def strided_problem(network: str):
-    """A small strided Conv4 (4 filters, 20x20 inputs: 10, 5, 3 and 2 pixels a side) and the
-    same kind of tasks, for the MAML and Reptile papers' Omniglot networks."""
-
-    def problem(dtype: torch.dtype) -> tuple:
-        torch.manual_seed(0)
-        model = Conv4(1, 20, hidden=4, n_outputs=3, network=network).to(dtype)
-        params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
-        gen = torch.Generator().manual_seed(1)
-        sx = torch.rand(TASKS, 6, 1, 20, 20, generator=gen).to(dtype)
-        qx = torch.rand(TASKS, 9, 1, 20, 20, generator=gen).to(dtype)
-        sy = torch.tensor([0, 0, 1, 1, 2, 2]).repeat(TASKS, 1)
-        qy = torch.tensor([0, 1, 2] * 3).repeat(TASKS, 1)
-        return conv4_backbone(network), params, (sx, sy, qx, qy), 0.4
-
-    return problem
-
-
 PROBLEMS = {"conv4": conv4_problem, "sinusoid": sinusoid_problem,
-            "conv4-stride-mean": strided_problem("conv4-stride-mean"),
-            "conv4-stride-flat": strided_problem("conv4-stride-flat")}
+            # the strided networks on 20x20 inputs: maps of 10, 5, 3 and 2 pixels a side
+            "conv4-stride-mean": image_problem("conv4-stride-mean", 20),
+            "conv4-stride-flat": image_problem("conv4-stride-flat", 20)}
 IMAGES = ("conv4", "conv4-stride-mean", "conv4-stride-flat")
 
 
