@@ -24,6 +24,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_capability() -> str:
+    """The widest vector instruction set torch's CPU kernels use here (``torch.backends.cpu.
+    get_cpu_capability()``: ``"AVX2"``, ``"AVX512"``, ...). Two machines whose :func:`cpu_name` is the
+    same can differ in it (virtual machines report only the vendor's family, e.g. ``"AMD EPYC"``), and
+    with it float32 rounding differs (other vector widths, other summation orders)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def same_rounding(recorded: dict[str, Any]) -> bool:
+    """Whether this machine rounds float32 as the one ``recorded`` describes (an
+    ``environment.json``): the same :func:`cpu_name` and the same :func:`cpu_capability`. A
+    record without ``cpu_capability`` (runs before December 2026) cannot tell, and gives False."""
+    return recorded.get("cpu") == cpu_name() and recorded.get("cpu_capability") == cpu_capability()
+
+
 def git_commit(path: Path | None = None) -> dict[str, Any]:
     """``{"commit": sha or None, "dirty": bool or None}`` of the git checkout holding ``path``.
 
@@ -51,6 +66,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "numpy": np.__version__,
         "platform": platform.platform(),
         "cpu": cpu_name(),
+        "cpu_capability": cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),

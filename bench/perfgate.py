@@ -267,11 +267,12 @@ def medians(rounds: pd.DataFrame) -> dict[str, float]:
 
 
 def machine() -> dict[str, Any]:
-    """What a baseline records about the machine: CPU model, torch version and threads, Python,
-    and the git commit of the code measured."""
-    from metabench.environment import cpu_name, git_commit
+    """What a baseline records about the machine: CPU model and vector instruction set, torch
+    version and threads, Python, and the git commit of the code measured."""
+    from metabench.environment import cpu_capability, cpu_name, git_commit
 
-    return {"cpu": cpu_name(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_name(), "cpu_capability": cpu_capability(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
             "python": sys.version.split()[0], "commit": git_commit()["commit"]}
 
 
@@ -323,9 +324,11 @@ def check(measured: dict[str, float], baseline: Baseline, threshold: float = THR
 
 
 def same_kind(baseline: Baseline, here: dict[str, Any]) -> bool:
-    """Whether this machine (:func:`machine`) is of the baseline's kind: the same CPU model name
-    and torch version."""
-    return here["cpu"] == baseline.machine.get("cpu") and here["torch"] == baseline.machine.get("torch")
+    """Whether this machine (:func:`machine`) is of the baseline's kind: the same CPU model name,
+    vector instruction set and torch version. Virtual machines name only the CPU family ("AMD
+    EPYC"), and two such machines, one with AVX2 only, gave Reptile's step ratios 35% apart; a
+    baseline that does not record the instruction set is of no known kind."""
+    return all(here.get(key) == baseline.machine.get(key) for key in ("cpu", "cpu_capability", "torch"))
 
 
 def threshold_for(baseline: Baseline, here: dict[str, Any]) -> float:
@@ -339,11 +342,13 @@ def verdict_markdown(verdicts: pd.DataFrame, baseline: Baseline, here: dict[str,
     repeats = len(next(iter(baseline.repeats.values()), []))
     lines = [(f"Performance gate: each step's median time as a ratio to its in-process reference; fail above "
               f"+{100 * threshold:.0f}% of the baseline."),
-             (f"Baseline: {m.get('cpu')}, torch {m.get('torch')}, {m.get('torch_threads')} threads, "
-              f"{baseline.rounds} rounds x {repeats} repeats. "
-              f"This run: {here['cpu']}, torch {here['torch']}, {m.get('torch_threads')} threads."), ""]
+             (f"Baseline: {m.get('cpu')} ({m.get('cpu_capability') or 'instruction set not recorded'}), "
+              f"torch {m.get('torch')}, {m.get('torch_threads')} threads, {baseline.rounds} rounds x {repeats} repeats. "
+              f"This run: {here['cpu']} ({here.get('cpu_capability')}), torch {here['torch']}, "
+              f"{here.get('torch_threads')} threads."), ""]
     if not same_kind(baseline, here):
-        lines += [(f"Note: the baseline was recorded on another CPU or torch ({m.get('cpu')}, torch {m.get('torch')}), "
+        lines += [(f"Note: the baseline was recorded on another CPU, instruction set or torch (or does not record "
+                   f"which), "
                    f"so the limit is +{100 * OTHER_KIND_THRESHOLD:.0f}% instead of +{100 * THRESHOLD:.0f}%: record a "
                    f"baseline on this kind of machine with `metabench gate --record DIR` and pass --baseline DIR."), ""]
     lines += [

@@ -99,12 +99,14 @@ def test_gate_confirms_a_failure_with_a_second_measurement(tmp_path: Path, monke
 
 
 def test_another_kind_of_machine_gets_the_wider_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On another CPU model or torch the limit is OTHER_KIND_THRESHOLD, and the table says why."""
+    """On another CPU model, vector instruction set or torch the limit is OTHER_KIND_THRESHOLD, and
+    the table says why."""
     base = _baseline(maml=1.0)
     here = dict(HERE)
     assert perfgate.threshold_for(base, here) == perfgate.THRESHOLD
     assert perfgate.threshold_for(base, {**here, "cpu": "Other CPU"}) == perfgate.OTHER_KIND_THRESHOLD
     assert perfgate.threshold_for(base, {**here, "torch": "2.14.0"}) == perfgate.OTHER_KIND_THRESHOLD
+    assert perfgate.threshold_for(base, {**here, "cpu_capability": "AVX2"}) == perfgate.OTHER_KIND_THRESHOLD
     folder = _write(tmp_path / "base", base)
     ratio = 1 + (perfgate.THRESHOLD + perfgate.OTHER_KIND_THRESHOLD) / 2  # between the two limits
     monkeypatch.setattr(perfgate, "measure", lambda workloads, *a, **k: _rows(**{w: ratio for w in workloads}))

@@ -11,7 +11,7 @@ import pytest
 
 from metabench.algorithms import LEARNERS
 from metabench.config import resolve
-from metabench.environment import cpu_name
+from metabench.environment import same_rounding
 from metabench.errors import ConfigError
 from metabench.protocols import protocol_class, protocol_for, registry, standard
 from metabench.reevaluate import evaluate_run
@@ -55,6 +55,13 @@ PINNED_FINGERPRINTS = {
 }
 
 
+#: Learners whose test-time fine-tuning (Reptile: 10 Adam steps in the quick runs) amplifies another
+#: CPU's rounding: their losses are compared to 1e-3 relative there (measured on an AVX2-only "AMD
+#: EPYC" against the committed runs: 5.7e-5 at most over the first 8 episodes; a change of the
+#: weights or of the method moves losses by far more).
+OTHER_CPU_RTOL = {"reptile": 1e-3}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("run", "count", "workers"), COMMITTED)
 def test_protocols_rescore_the_committed_episodes(run: str, count: int, workers: int | None, data_root: Path,
@@ -63,11 +70,17 @@ def test_protocols_rescore_the_committed_episodes(run: str, count: int, workers:
     per-episode results.
 
     Accuracies (counts of correct queries) must be identical. Losses and MSEs must be bit for bit
-    identical on the CPU model that made the run, except for learners that fine-tune in worker
+    identical on a CPU that rounds as the one that made the run (the same model name and vector
+    instruction set, :func:`~metabench.environment.same_rounding`), except for learners that fine-tune in worker
     processes (``TEST_IN_WORKERS``: Reptile, unless ``workers`` is 1), whose float32 losses differ by rounding
     (2.4e-7 nats at most, measured on the first 8 episodes; their accuracies are identical). On
-    another CPU model float32 rounding differs everywhere (other vector widths and summation
-    orders). Those are compared to 1e-5 relative, about 100 float32 ulps.
+    another CPU float32 rounding differs everywhere (other vector widths and summation
+    orders). Those are compared to 1e-5 relative, about 100 float32 ulps, plus 1e-6 absolute: a
+    loss near 0 (a confident episode) carries its logits' rounding, which is absolute in nats, not
+    relative (an "AMD EPYC" with AVX2 only, against the committed runs' "AMD EPYC": MAML's losses
+    3.3e-6 relative apart at most, one Prototypical Networks loss of 0.0035 nats 4.2e-8 apart,
+    1.2e-5 relative; identical accuracies). The committed runs predate the record of the instruction set, so
+    they are compared this way everywhere.
     """
     source = REPO / "results" / run
     out = evaluate_run(source, tmp_path / "again", progress=False, test_episodes=count, data_root=str(data_root),
@@ -77,7 +90,7 @@ def test_protocols_rescore_the_committed_episodes(run: str, count: int, workers:
     again = pd.read_csv(out / "episodes.csv")
     assert list(again.columns) == list(committed.columns)
     assert again[["seed", "learner", "episode"]].equals(committed[["seed", "learner", "episode"]])
-    same_cpu = json.loads((source / "environment.json").read_text())["cpu"] == cpu_name()
+    same_cpu = same_rounding(json.loads((source / "environment.json").read_text()))
     values = [c for c in committed.columns if c not in ("seed", "learner", "episode")]
     for name in dict.fromkeys(committed["learner"]):
         mine = (committed["learner"] == name).to_numpy()
@@ -87,7 +100,8 @@ def test_protocols_rescore_the_committed_episodes(run: str, count: int, workers:
             if exact or column == "accuracy":
                 assert np.array_equal(a, b, equal_nan=True), (name, column)
             else:
-                np.testing.assert_allclose(a, b, rtol=1e-5, err_msg=f"{name} {column}")
+                rtol = OTHER_CPU_RTOL.get(name, 1e-5) if not same_cpu else 1e-5
+                np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-6, err_msg=f"{name} {column}")
 
 
 def test_registry_and_kinds() -> None:

@@ -69,7 +69,7 @@ def test_smoke_run_writes_every_output(tmp_path: Path, data_root: Path, capsys, 
     assert config["learner_settings"]["maml"]["hyperparameters"]["inner_lr"] == 0.4
     assert config["learner_settings"]["protonet"]["train_episodes"]["ways"] == 60
     env = json.loads((out / "environment.json").read_text())
-    assert env["torch"].startswith("2.") and env["device"] == "cpu" and env["cpu"]
+    assert env["torch"].startswith("2.") and env["device"] == "cpu" and env["cpu"] and env["cpu_capability"]
     meta = json.loads((out / "run.json").read_text())
     assert len(meta["fingerprint"]) == 64 and meta["wall_seconds"] > 0
     episodes = pd.read_csv(out / "episodes.csv")

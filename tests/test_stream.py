@@ -321,11 +321,12 @@ def test_committed_stream_runs_rebuild_their_fingerprints(run: str, data_root: P
 @pytest.mark.slow
 def test_committed_stream_is_rescored_from_the_kept_weights(data_root: Path) -> None:
     """Prototypical Networks on stream 0 of the committed p = 0.9 run, frozen, in one thread as the
-    run's worker processes scored it: the same per-step accuracies and declared changes on the CPU
-    model that made the run. On another CPU model float32 rounding differs; a flipped declaration
+    run's worker processes scored it: the same per-step accuracies and declared changes on a CPU
+    that rounds as the one that made the run (:func:`~metabench.environment.same_rounding`; the
+    committed run predates its record of the instruction set). On another CPU float32 rounding differs; a flipped declaration
     changes the memory from there on, so only the stream's mean online accuracy is compared there
     (within 2 points, the spread of one stream's accuracy between the two regimes is larger)."""
-    from metabench.environment import cpu_name
+    from metabench.environment import same_rounding
     from metabench.reevaluate import load_learner
 
     run = REPO / "results" / COMMITTED[0]
@@ -346,7 +347,7 @@ def test_committed_stream_is_rescored_from_the_kept_weights(data_root: Path) -> 
     assert kept["start"].tolist() == rows["start"].tolist()
     mine = np.concatenate([unpack(s) for s in rows["scores"]])
     theirs = np.concatenate([unpack(s) for s in kept["scores"]])
-    if json.loads((run / "environment.json").read_text())["cpu"] == cpu_name():
+    if same_rounding(json.loads((run / "environment.json").read_text())):
         assert np.array_equal(mine, theirs)
         assert rows["declared"].astype(str).tolist() == kept["declared"].astype(str).tolist()
     else:
