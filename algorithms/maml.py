@@ -33,11 +33,12 @@ from torch import nn
 from metabench.datasets.sampler import Episode
 from metabench.errors import ConfigError
 
-from .backbones import MLP, Conv4, accuracy, check_network, resolve_layout
+from .backbones import MLP, BatchStatNorm2d, Conv4, accuracy, check_network, resolve_layout
 from .maml_core import (
     MLP_REGRESSION,
     STRATEGIES,
     CoreOptions,
+    InnerLR,
     adapt,
     adapt_and_predict,
     choose_strategy,
@@ -78,6 +79,11 @@ class MAMLConfig:
             ``conv4-stride-mean``, the paper's Omniglot network ("For Omniglot, we used strided
             convolutions instead of max-pooling", Sec. 5.2; the released code averages the last
             2x2 map). The Omniglot reproduction (``nox -s reproduce``) uses the latter.
+        inner_norm: whether the inner loop adapts the batch-norm scales and shifts (``True``:
+            every parameter adapts, as Eq. 1 reads) or leaves them to the outer loop, which
+            still meta-learns them (``False``: as Finn et al.'s released code, where they are not
+            among the ``weights`` the inner loop steps; :data:`~metabench.algorithms.maml_core.InnerLR`).
+            Image networks only.
     """
 
     MINIMUMS: ClassVar[dict[str, float | int]] = {"inner_lr": 0.0, "train_inner_steps": 1, "test_inner_steps": 0, "meta_batch": 1, "meta_lr": 0.0, "train_queries": 1, "chunk": 0}
@@ -96,12 +102,24 @@ class MAMLConfig:
     layout: str = "auto"
     compile_query: bool = False
     network: str = "conv4"
+    inner_norm: bool = True
 
 
 #: Finn et al. (2017, Sec. 5.1), sinusoid regression: alpha = 0.01, meta-batch 25, Adam meta
 #: learning rate 1e-3 (the released code's default), one inner step in training; the paper
 #: evaluates up to 10 steps at test time (Fig. 3).
 _SINUSOID = {"inner_lr": 0.01, "meta_batch": 25, "meta_lr": 1e-3, "train_inner_steps": 1, "test_inner_steps": 10}
+
+
+def inner_rates(model: nn.Module, inner_lr: float, inner_norm: bool) -> InnerLR:
+    """The inner learning rate of every parameter of ``model``: ``inner_lr`` for all, or, without
+    ``inner_norm``, 0 for the scales and shifts of its batch-norm layers (the outer loop alone
+    learns them, as in Finn et al.'s released code) and ``inner_lr`` for the others."""
+    if inner_norm:
+        return inner_lr
+    norm = {f"{m}.{p}" for m, module in model.named_modules() if isinstance(module, BatchStatNorm2d)
+            for p, _ in module.named_parameters(recurse=False)}
+    return {n: 0.0 if n in norm else inner_lr for n, _ in model.named_parameters()}
 
 
 class MAML(MetaLearner):
@@ -142,6 +160,9 @@ class MAML(MetaLearner):
         if self.kind == "regression":
             if config.network != "conv4":
                 raise ConfigError(f"{self.name}.network chooses an image network; regression uses the MLP: drop --set {self.name}.network")
+            if not config.inner_norm:
+                raise ConfigError(f"{self.name}.inner_norm chooses how batch norm adapts; the regression MLP has none: "
+                                  f"drop --set {self.name}.inner_norm")
             self._backbone = MLP_REGRESSION
             self._model = MLP((image_shape[0], 40, 40, ways)).to(device)
         else:
@@ -149,6 +170,7 @@ class MAML(MetaLearner):
             self._backbone = conv4_backbone(config.network)
             self._model = Conv4(channels, height, n_outputs=ways, network=config.network).to(device)
         self.optimizer = torch.optim.Adam(self._model.parameters(), lr=config.meta_lr)
+        self.inner_lr = inner_rates(self._model, config.inner_lr, config.inner_norm)
         self._strategies: dict[int, tuple[str, int | None]] = {}  # images per task -> (strategy, chunk) for "auto"
         self.layout = resolve_layout(self.name, config.layout, self._backbone.images, device)
         self._query_forward = compiled_query_forward(self._backbone) if config.compile_query else None
@@ -180,7 +202,7 @@ class MAML(MetaLearner):
         self.optimizer.zero_grad(set_to_none=True)
         params = dict(self._model.named_parameters())
         strategy, chunk = self.core_strategy(episodes[0].support_x.shape[0] + episodes[0].query_x.shape[0])
-        options = CoreOptions(cfg.train_inner_steps, cfg.inner_lr, cfg.first_order, strategy, self._query_forward,
+        options = CoreOptions(cfg.train_inner_steps, self.inner_lr, cfg.first_order, strategy, self._query_forward,
                               chunk, self.layout)
         result = meta_gradient(
             self._backbone, params,
@@ -208,7 +230,7 @@ class MAML(MetaLearner):
     def _adapt_predict(self, episode: Episode, steps: int) -> torch.Tensor:
         params = {n: p.detach().requires_grad_(True) for n, p in self._model.named_parameters()}
         with torch.enable_grad():
-            fast = adapt(self._backbone, params, episode.support_x, episode.support_y, steps, self.config.inner_lr,
+            fast = adapt(self._backbone, params, episode.support_x, episode.support_y, steps, self.inner_lr,
                          create_graph=False)
         with torch.no_grad():
             return self._backbone.forward({n: p.detach() for n, p in fast.items()}, episode.query_x, "native")
@@ -218,7 +240,7 @@ class MAML(MetaLearner):
         ``inner_lr`` (see :func:`~metabench.algorithms.maml_core.adapt_and_predict`)."""
         params = dict(self._model.named_parameters())
         return adapt_and_predict(self._backbone, params, episode.support_x, episode.support_y,
-                                 episode.query_x, self.config.inner_lr, steps)
+                                 episode.query_x, self.inner_lr, steps)
 
 
 @dataclass(frozen=True)

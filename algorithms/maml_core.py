@@ -56,7 +56,7 @@ measurements in docs/timing.md and the committed timing runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -75,6 +75,11 @@ from .backbones import (
 )
 
 Params = dict[str, torch.Tensor]
+#: alpha: one inner learning rate for every parameter, or one per parameter name (every name of
+#: the parameter dict). A parameter whose rate is 0 is left as it is by the inner loop and only
+#: meta-learned by the outer loop, as the batch-norm shifts of Finn et al.'s released code are
+#: (they are not in its ``weights`` dict, which the inner loop adapts).
+InnerLR = float | Mapping[str, float]
 STRATEGIES = ("per_task", "chunked", "batched", "recompute", "vmap")
 
 
@@ -147,7 +152,8 @@ class CoreOptions:
 
     Attributes:
         steps: inner gradient steps (>= 0).
-        inner_lr: alpha, the inner learning rate (> 0).
+        inner_lr: alpha, the inner learning rate (>= 0), one for all parameters or one per
+            parameter name (:data:`InnerLR`).
         first_order: drop the second derivatives (first-order MAML, Sec. 5.2).
         strategy: one of :data:`STRATEGIES` (see the module docstring); all give the same
             meta-gradient up to floating-point rounding.
@@ -161,7 +167,7 @@ class CoreOptions:
     """
 
     steps: int
-    inner_lr: float
+    inner_lr: InnerLR
     first_order: bool = False
     strategy: str = "per_task"
     query_forward: Callable[[Params, torch.Tensor], torch.Tensor] | None = None
@@ -214,13 +220,54 @@ def _grad(loss: torch.Tensor, inputs: list[torch.Tensor], create_graph: bool) ->
     return torch.autograd.grad(loss, inputs, create_graph=create_graph, allow_unused=True, materialize_grads=True)
 
 
+def _rate(inner_lr: InnerLR, name: str) -> float:
+    return inner_lr[name] if isinstance(inner_lr, Mapping) else inner_lr
+
+
+def adapted_names(params: Params, inner_lr: InnerLR) -> list[str]:
+    """The names of ``params`` the inner loop steps: those whose rate in ``inner_lr`` is not 0.
+
+    Only their inner gradients are taken: a gradient with respect to a parameter left as it is
+    would be the total derivative through the earlier steps (and a third derivative of the
+    second-order batch norm), not the partial one of Eq. 1.
+
+    Raises:
+        KeyError: if a per-parameter ``inner_lr`` lacks a name of ``params``.
+    """
+    return [n for n in params if _rate(inner_lr, n) != 0]
+
+
+def inner_step(params: Params, grads: Mapping[str, torch.Tensor], inner_lr: InnerLR, detach: bool = False) -> Params:
+    """One inner gradient step, ``theta - alpha * g`` per parameter (Finn et al. 2017, Eq. 1).
+
+    Args:
+        params: name -> tensor (any shape; ``[T, *shape]`` for stacked tasks).
+        grads: name -> gradient of the same shape, for the :func:`adapted_names` of ``params``.
+        inner_lr: alpha (:data:`InnerLR`); a parameter whose rate is 0 is passed on unchanged
+            (the same tensor, no graph node).
+        detach: treat the gradients as constants (first order).
+
+    Returns:
+        The stepped parameters (a new dict).
+
+    Raises:
+        KeyError: if a per-parameter ``inner_lr`` lacks a name of ``params``, or ``grads`` lacks
+            an adapted one.
+    """
+    stepped = {}
+    for n, p in params.items():
+        rate = _rate(inner_lr, n)
+        stepped[n] = p if rate == 0 else p - rate * (grads[n].detach() if detach else grads[n])
+    return stepped
+
+
 def adapt(
     backbone: Backbone,
     params: Params,
     x: torch.Tensor,
     y: torch.Tensor,
     steps: int,
-    inner_lr: float,
+    inner_lr: InnerLR,
     create_graph: bool,
 ) -> Params:
     """The inner loop for one task: ``steps`` plain gradient steps on the support loss (Eq. 1).
@@ -229,7 +276,7 @@ def adapt(
         backbone: the network.
         params: theta, name -> tensor; each must require grad (or be a function of tensors that do).
         x: support inputs ``[N*K, ...]``; y: support targets ``[N*K]`` or ``[N*K, 1]``.
-        steps: inner steps (>= 0). inner_lr: alpha.
+        steps: inner steps (>= 0). inner_lr: alpha (:data:`InnerLR`).
         create_graph: keep the graph of the inner gradients (second order). The support pass then
             uses the twice-differentiable fused batch norm (``norm="twice"``); without it, the
             native one.
@@ -237,12 +284,12 @@ def adapt(
     Returns:
         theta' (a new dict; ``params`` is not modified).
     """
-    names = list(params)
+    names = adapted_names(params, inner_lr)
     norm = "twice" if create_graph else "native"
     for _ in range(steps):
         loss = backbone.loss(backbone.forward(params, x, norm), y)
         grads = _grad(loss, [params[n] for n in names], create_graph)
-        params = {n: params[n] - inner_lr * g for n, g in zip(names, grads)}
+        params = inner_step(params, dict(zip(names, grads)), inner_lr)
     return params
 
 
@@ -252,7 +299,7 @@ def adapt_and_predict(
     support_x: torch.Tensor,
     support_y: torch.Tensor,
     query_x: torch.Tensor,
-    inner_lr: float,
+    inner_lr: InnerLR,
     steps: Sequence[int],
 ) -> dict[int, torch.Tensor]:
     """Test-time adaptation (Eq. 1 without a graph) recording the query outputs after each
@@ -261,7 +308,7 @@ def adapt_and_predict(
     Args:
         params: theta, name -> tensor (detached copies are used; ``params`` is not modified).
         support_x: ``[M, ...]``; support_y: ``[M, ...]``; query_x: ``[Q, ...]``.
-        inner_lr: the step size. steps: step counts (>= 0), any order.
+        inner_lr: the step size (:data:`InnerLR`). steps: step counts (>= 0), any order.
 
     Returns:
         ``{s: outputs [Q, ...]}`` (detached) for every ``s`` in ``steps``.
@@ -291,7 +338,7 @@ def adapt_tasks(
     xs: torch.Tensor,
     ys: torch.Tensor,
     steps: int,
-    inner_lr: float,
+    inner_lr: InnerLR,
     create_graph: bool,
     strategy: str = "batched",
 ) -> Params:
@@ -310,7 +357,6 @@ def adapt_tasks(
         ValueError: for ``strategy="batched"`` on a backbone without ``tasks_forward``.
     """
     tasks = xs.shape[0]
-    names = list(params)
     fast = {n: p.unsqueeze(0).expand(tasks, *p.shape) for n, p in params.items()}
     if strategy == "batched":
         if backbone.tasks_forward is None:
@@ -327,23 +373,23 @@ def adapt_tasks(
     task_grad = torch.func.vmap(torch.func.grad(support_loss))
     for _ in range(steps):
         grads = task_grad(fast, xs, ys)
-        fast = {n: fast[n] - inner_lr * (grads[n] if create_graph else grads[n].detach()) for n in names}
+        fast = inner_step(fast, grads, inner_lr, detach=not create_graph)
     return fast
 
 
 def _tasks_step(
-    backbone: Backbone, fast: Params, xs: torch.Tensor, ys: torch.Tensor, inner_lr: float, create_graph: bool
+    backbone: Backbone, fast: Params, xs: torch.Tensor, ys: torch.Tensor, inner_lr: InnerLR, create_graph: bool
 ) -> Params:
     """One inner step (Eq. 1) for T tasks at once through the backbone's ``tasks_forward``:
     ``fast`` name -> ``[T, *shape]`` (each requiring grad, or a function of tensors that do) ->
     the stepped parameters, differentiable in ``fast`` twice if ``create_graph``."""
-    names = list(fast)
+    names = adapted_names(fast, inner_lr)
     out = backbone.tasks_forward(fast, xs, "twice" if create_graph else "native")
     # T x the mean over all examples = the sum over tasks of each task's mean loss (tasks have
     # equal sizes), so task t's parameters get exactly the gradient of its own loss.
     loss = backbone.loss(out.flatten(0, 1), ys.flatten(0, 1)) * xs.shape[0]
     grads = _grad(loss, [fast[n] for n in names], create_graph)
-    return {n: fast[n] - inner_lr * (g if create_graph else g.detach()) for n, g in zip(names, grads)}
+    return inner_step(fast, dict(zip(names, grads)), inner_lr, detach=not create_graph)
 
 
 def _query_gradients(
@@ -490,7 +536,7 @@ def _recompute(
     query_x: torch.Tensor,
     query_y: torch.Tensor,
     steps: int,
-    inner_lr: float,
+    inner_lr: InnerLR,
     first_order: bool,
     query_forward: Callable[[Params, torch.Tensor], torch.Tensor],
     spans: list[slice],

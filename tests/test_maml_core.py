@@ -230,3 +230,57 @@ def test_agreement_check_catches_vmap_over_nn_batchnorm() -> None:
     if diff <= 1e-10:
         pytest.skip(f"this torch ({torch.__version__}) no longer has the vmap/BatchNorm2d bug (difference {diff:.1e})")
     assert diff > 1e-6  # measured 1e-2 to 1e-1 on torch 2.13: far outside any rounding
+
+
+def norm_frozen_rates(params: dict[str, torch.Tensor], lr: float) -> dict[str, float]:
+    """Per-parameter inner rates: 0 for the batch-norm scales and shifts (``features.{1,5,9,13}``),
+    half of ``lr`` for the head, ``lr`` for the convolutions."""
+    norm = {n for n in params if n.split(".")[:2] in (["features", "1"], ["features", "5"], ["features", "9"], ["features", "13"])}
+    assert len(norm) == 8, sorted(params)
+    return {n: 0.0 if n in norm else lr / 2 if n.startswith("head.") else lr for n in params}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_per_parameter_inner_rates_are_exact(strategy: str) -> None:
+    """With per-parameter inner learning rates (batch norm left to the outer loop, a smaller head
+    rate), every strategy's second-order meta-gradient equals central finite differences in
+    float64, and its first-order one equals the per-task strategy's."""
+    backbone, params, batch, lr = PROBLEMS["conv4-stride-mean"](torch.float64)
+    rates = norm_frozen_rates(params, lr)
+    grads = meta_gradient(backbone, params, *batch, CoreOptions(2, rates, False, strategy)).grads
+    fo_ref = meta_gradient(backbone, params, *batch, CoreOptions(2, rates, True, "per_task")).grads
+    fo = meta_gradient(backbone, params, *batch, CoreOptions(2, rates, True, strategy)).grads
+    assert rel_diff(flat(fo), flat(fo_ref)) <= 1e-10
+    gen = torch.Generator().manual_seed(3)
+    eps = 1e-7
+    for _ in range(2):
+        direction = {n: torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in params.items()}
+
+        def loss_at(sign: float, direction: dict = direction) -> float:
+            shifted = {n: (p + sign * eps * direction[n]).detach().requires_grad_(True) for n, p in params.items()}
+            return meta_gradient(backbone, shifted, *batch, CoreOptions(2, rates, False, "per_task")).losses.mean().item()
+
+        numeric = (loss_at(1.0) - loss_at(-1.0)) / (2 * eps)
+        analytic = sum((grads[n] * direction[n]).sum() for n in params).item()
+        assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+
+
+def test_zero_inner_rates_leave_parameters_unchanged_but_meta_learned() -> None:
+    """A parameter whose inner rate is 0 leaves the inner loop as it entered (the same tensor),
+    the others move (but the convolution biases, which the batch norm after them cancels: their
+    gradient is 0); the meta-gradient still reaches it (the outer loop learns it), and it
+    differs from the all-adapted meta-gradient."""
+    backbone, params, (sx, sy, qx, qy), lr = PROBLEMS["conv4-stride-mean"](torch.float64)
+    rates = norm_frozen_rates(params, lr)
+    fast = adapt(backbone, params, sx[0], sy[0], 3, rates, create_graph=True)
+    for n in params:
+        if rates[n] == 0:
+            assert fast[n] is params[n]
+        elif not (n.startswith("features.") and n.endswith(".bias")):
+            assert not torch.equal(fast[n], params[n]), n
+    frozen = meta_gradient(backbone, params, sx, sy, qx, qy, CoreOptions(1, rates, False, "per_task")).grads
+    adapted = meta_gradient(backbone, params, sx, sy, qx, qy, CoreOptions(1, lr, False, "per_task")).grads
+    for n in params:
+        if rates[n] == 0:
+            assert frozen[n].abs().sum() > 0, n
+    assert rel_diff(flat(frozen), flat(adapted)) > 1e-3

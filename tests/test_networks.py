@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -22,6 +23,7 @@ from metabench.algorithms.backbones import (
     conv4_forward,
     conv4_tasks_forward,
 )
+from metabench.datasets.sampler import Episode, EpisodeIndex
 from metabench.errors import ConfigError
 
 STRIDED = [n for n, (downsample, _) in NETWORKS.items() if downsample == "stride"]
@@ -102,3 +104,29 @@ def test_strided_learners_train_and_their_kept_weights_retest_identically(tmp_pa
     assert cli.main(["evaluate", "--quiet", str(out), "--out", str(tmp_path / "again")]) == 0
     pd.testing.assert_frame_equal(runner.read_csv(out / "episodes.csv"), runner.read_csv(tmp_path / "again" / "episodes.csv"),
                                   check_exact=True)
+
+
+def test_inner_norm_leaves_batch_norm_to_the_outer_loop() -> None:
+    """``inner_norm=false`` (Finn et al.'s released code): the inner rate of the batch-norm
+    scales and shifts is 0 and every other parameter's is ``inner_lr``; a meta-training step
+    still changes them (the outer loop learns them) and differs from the all-adapted one; the
+    regression MLP, which has no batch norm, refuses the setting with the fix."""
+    cpu = torch.device("cpu")
+    frozen = build_learner("fomaml", 5, (1, 28, 28), 10, cpu, 0,
+                           {"network": "conv4-stride-mean", "inner_lr": "0.4", "inner_norm": "false"})
+    adapted = build_learner("fomaml", 5, (1, 28, 28), 10, cpu, 0, {"network": "conv4-stride-mean", "inner_lr": "0.4"})
+    norm = {f"features.{i}.{p}" for i in (1, 5, 9, 13) for p in ("weight", "bias")}
+    assert frozen.inner_lr == {n: 0.0 if n in norm else 0.4 for n, _ in frozen.model.named_parameters()}
+    assert adapted.inner_lr == 0.4
+    gen = torch.Generator().manual_seed(0)
+    index = EpisodeIndex(np.arange(5), np.zeros((5, 1), np.int64), np.ones((5, 1), np.int64))
+    episodes = [Episode(torch.rand(5, 1, 28, 28, generator=gen), torch.arange(5),
+                        torch.rand(5, 1, 28, 28, generator=gen), torch.arange(5), index) for _ in range(4)]
+    before = {n: p.detach().clone() for n, p in frozen.model.named_parameters()}
+    frozen.meta_train_step(episodes)
+    adapted.meta_train_step(episodes)
+    for n in norm:
+        assert not torch.equal(dict(frozen.model.named_parameters())[n], before[n]), n
+    assert not torch.equal(frozen.model.head.weight, adapted.model.head.weight)
+    with pytest.raises(ConfigError, match="the regression MLP has none: drop --set maml.inner_norm"):
+        build_learner("maml", 1, (1,), 10, cpu, 0, {"inner_norm": "false"})
