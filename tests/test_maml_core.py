@@ -80,6 +80,23 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
+def directional_difference(backbone, params: dict[str, torch.Tensor], batch: tuple, options: CoreOptions,
+                           direction: dict[str, torch.Tensor]) -> float:
+    """Central finite difference of the mean query loss after adaptation along ``direction``.
+
+    It holds only if no ReLU input or max-pool argmax changes sign or place between theta - eps d
+    and theta + eps d; at eps = 1e-6 one of the strided networks meets such a kink (the
+    difference quotient is then 72 against a gradient of 0.33), at 1e-7 none does, and float64
+    rounding stays near 1e-9 relative."""
+    eps = 1e-7
+
+    def loss_at(sign: float) -> float:
+        shifted = {n: (p + sign * eps * direction[n]).detach().requires_grad_(True) for n, p in params.items()}
+        return meta_gradient(backbone, shifted, *batch, options).losses.mean().item()
+
+    return (loss_at(1.0) - loss_at(-1.0)) / (2 * eps)
+
+
 # (problem, layout): the image problem in both memory layouts.
 CASES = [("conv4", "contiguous"), ("conv4", "channels_last"), ("sinusoid", "contiguous"),
          ("conv4-stride-mean", "channels_last"), ("conv4-stride-flat", "contiguous")]
@@ -96,19 +113,9 @@ def test_meta_gradient_matches_finite_differences(problem: str, layout: str, ste
     grads = meta_gradient(backbone, params, *batch, CoreOptions(steps, lr, False, strategy, layout=layout)).grads
     fo_grads = meta_gradient(backbone, params, *batch, CoreOptions(steps, lr, True, strategy, layout=layout)).grads
     gen = torch.Generator().manual_seed(2)
-    # Central differences hold only if no ReLU input or max-pool argmax changes sign or place between
-    # theta - eps d and theta + eps d; at 1e-6 one of the strided networks meets such a kink (the
-    # difference quotient is then 72 against a gradient of 0.33), at 1e-7 none does, and float64
-    # rounding stays near 1e-9 relative.
-    eps = 1e-7
     for _ in range(3):
         direction = {n: torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in params.items()}
-
-        def loss_at(sign: float, direction: dict = direction) -> float:
-            shifted = {n: (p + sign * eps * direction[n]).detach().requires_grad_(True) for n, p in params.items()}
-            return meta_gradient(backbone, shifted, *batch, CoreOptions(steps, lr, False, "per_task")).losses.mean().item()
-
-        numeric = (loss_at(1.0) - loss_at(-1.0)) / (2 * eps)
+        numeric = directional_difference(backbone, params, batch, CoreOptions(steps, lr, False, "per_task"), direction)
         analytic = sum((grads[n] * direction[n]).sum() for n in params).item()
         first_order = sum((fo_grads[n] * direction[n]).sum() for n in params).item()
         assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-9)
@@ -252,15 +259,9 @@ def test_per_parameter_inner_rates_are_exact(strategy: str) -> None:
     fo = meta_gradient(backbone, params, *batch, CoreOptions(2, rates, True, strategy)).grads
     assert rel_diff(flat(fo), flat(fo_ref)) <= 1e-10
     gen = torch.Generator().manual_seed(3)
-    eps = 1e-7
     for _ in range(2):
         direction = {n: torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in params.items()}
-
-        def loss_at(sign: float, direction: dict = direction) -> float:
-            shifted = {n: (p + sign * eps * direction[n]).detach().requires_grad_(True) for n, p in params.items()}
-            return meta_gradient(backbone, shifted, *batch, CoreOptions(2, rates, False, "per_task")).losses.mean().item()
-
-        numeric = (loss_at(1.0) - loss_at(-1.0)) / (2 * eps)
+        numeric = directional_difference(backbone, params, batch, CoreOptions(2, rates, False, "per_task"), direction)
         analytic = sum((grads[n] * direction[n]).sum() for n in params).item()
         assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-9)
 
