@@ -8,6 +8,7 @@ through, defaulting to ``../shared/data`` beside the checkout.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -73,13 +74,43 @@ REPRODUCTIONS = [
 ]
 
 
+#: The reproduction's trained learners re-tested without training (``metabench evaluate``): on the
+#: digits (cross-domain, every learner) and at 20-way 1-shot (the metric learners, whose heads do
+#: not fix N). Each: (run directory, its output, the flags).
+REPRODUCTION_EVALUATIONS = [
+    ("results/omniglot-vinyals-5w1s-converge", "results/omniglot-to-digits-5w1s-converge",
+     ["--test-dataset", "digits"]),
+    ("results/omniglot-vinyals-5w1s-converge-strided", "results/omniglot-to-digits-5w1s-converge-strided",
+     ["--test-dataset", "digits"]),
+    ("results/omniglot-vinyals-5w1s-converge", "results/omniglot-vinyals-20w1s-converge",
+     ["--ways", "20", "--learners", "protonet,matchingnet"]),
+]
+#: The reproduction's report: both runs and their re-tests.
+REPRODUCTION_REPORT = "results/report-converge"
+
+
+def _out(args: list[str]) -> str:
+    """The ``--out`` of a ``metabench run`` command line (the last one, as argparse takes it)."""
+    return [value for flag, value in itertools.pairwise(args) if flag == "--out"][-1]
+
+
 @nox.session
 def reproduce(session: nox.Session) -> None:
     """Train (or resume) the converged Omniglot reproduction into results/ (hours on 2 CPU
-    cores; stop it with Ctrl-C or SIGTERM and run the session again to continue)."""
+    cores; stop it with Ctrl-C or SIGTERM and run the session again to continue; a published
+    run is skipped); once both runs are finished, re-test their learners
+    (``REPRODUCTION_EVALUATIONS``, each skipped when its output exists) and write their report
+    into ``REPRODUCTION_REPORT``. Posargs go to ``metabench run`` only."""
     _install(session)
-    for args in REPRODUCTIONS:
-        session.run("metabench", "run", *args, *session.posargs, env={"METABENCH_DATA": DATA})
+    runs = [_out(args) for args in REPRODUCTIONS]
+    for args, out in zip(REPRODUCTIONS, runs):
+        if not (ROOT / out).exists():  # a published run is finished (a re-run would refuse its --out)
+            session.run("metabench", "run", *args, *session.posargs, env={"METABENCH_DATA": DATA})
+    for run_dir, out, flags in REPRODUCTION_EVALUATIONS:
+        if not (ROOT / out).exists():
+            session.run("metabench", "evaluate", run_dir, *flags, "--out", out, env={"METABENCH_DATA": DATA})
+    session.run("metabench", "report", *runs, *(out for _, out, _ in REPRODUCTION_EVALUATIONS),
+                "--out", REPRODUCTION_REPORT, "--force")
 
 
 # The committed report: regenerated from the committed runs (no training, no data needed).

@@ -112,9 +112,21 @@ _SINUSOID = {"inner_lr": 0.01, "meta_batch": 25, "meta_lr": 1e-3, "train_inner_s
 
 
 def inner_rates(model: nn.Module, inner_lr: float, inner_norm: bool) -> InnerLR:
-    """The inner learning rate of every parameter of ``model``: ``inner_lr`` for all, or, without
-    ``inner_norm``, 0 for the scales and shifts of its batch-norm layers (the outer loop alone
-    learns them, as in Finn et al.'s released code) and ``inner_lr`` for the others."""
+    """The inner learning rate of every parameter of ``model`` (alpha of Finn, Abbeel & Levine
+    2017, Eq. 1): ``inner_lr`` for all, or, without ``inner_norm``, 0 for the scales and shifts of
+    its batch-norm layers and ``inner_lr`` for the others. The outer loop alone then learns batch
+    norm, as in Finn et al.'s released code (cbfinn/maml), whose ``normalize`` calls
+    ``tf.contrib.layers.batch_norm`` with variables of its own, outside the ``weights`` dict that
+    the inner loop adapts.
+
+    Args:
+        model: the network (its batch-norm layers are :class:`BatchStatNorm2d`).
+        inner_lr: alpha (>= 0). inner_norm: whether the inner loop adapts batch norm too.
+
+    Returns:
+        ``inner_lr`` itself (a float) when ``inner_norm`` is true; otherwise a dict from every
+        parameter name of ``model`` to its rate (:data:`~metabench.algorithms.maml_core.InnerLR`).
+    """
     if inner_norm:
         return inner_lr
     norm = {f"{m}.{p}" for m, module in model.named_modules() if isinstance(module, BatchStatNorm2d)
@@ -131,9 +143,14 @@ class MAML(MetaLearner):
     adapts a detached copy of the parameters with ``test_inner_steps`` first-order steps (no graph
     is needed at test time).
 
+    Attributes:
+        inner_lr: the inner learning rate of every parameter (a float, or a mapping from parameter
+            name to rate when ``inner_norm`` is false; :func:`inner_rates`), used in training and
+            in ``predict``.
+
     Raises:
-        ConfigError: for an unknown ``strategy``, ``layout`` or ``network``, or ``channels_last``
-            or a ``network`` for regression.
+        ConfigError: for an unknown ``strategy``, ``layout`` or ``network``, or ``channels_last``,
+            a ``network`` or ``inner_norm=false`` for regression.
     """
 
     title = "MAML"

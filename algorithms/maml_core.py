@@ -52,6 +52,10 @@ wrong second-order meta-gradients on torch 2.13 (the tests catch the difference)
 
 The defaults were chosen by measurement: :func:`choose_strategy`, :func:`choose_layout`, and the
 measurements in docs/timing.md and the committed timing runs.
+
+**Inner learning rates** (:data:`InnerLR`) are one alpha for every parameter or one per parameter
+name; a rate of 0 leaves its parameter to the outer loop alone (MAML's ``inner_norm=false``, as
+batch norm in Finn et al.'s released code). Every strategy gives the same numbers either way.
 """
 
 from __future__ import annotations
@@ -227,9 +231,17 @@ def _rate(inner_lr: InnerLR, name: str) -> float:
 def adapted_names(params: Params, inner_lr: InnerLR) -> list[str]:
     """The names of ``params`` the inner loop steps: those whose rate in ``inner_lr`` is not 0.
 
-    Only their inner gradients are taken: a gradient with respect to a parameter left as it is
-    would be the total derivative through the earlier steps (and a third derivative of the
-    second-order batch norm), not the partial one of Eq. 1.
+    The autograd strategies take only their inner gradients: an autograd gradient with respect to
+    a parameter left as it is would be the total derivative through the earlier steps (and a
+    third derivative of the second-order batch norm), not the partial one of Finn et al. (2017),
+    Eq. 1. (``vmap`` differentiates the single-task loss as a function of all parameters, which
+    gives the partial derivatives; it steps only these names.)
+
+    Args:
+        params: name -> tensor. inner_lr: :data:`InnerLR`.
+
+    Returns:
+        The names, in the order of ``params``; empty when every rate is 0.
 
     Raises:
         KeyError: if a per-parameter ``inner_lr`` lacks a name of ``params``.
@@ -283,8 +295,13 @@ def adapt(
 
     Returns:
         theta' (a new dict; ``params`` is not modified).
+
+    Raises:
+        KeyError: if a per-parameter ``inner_lr`` lacks a name of ``params``.
     """
     names = adapted_names(params, inner_lr)
+    if not names:  # every rate 0: nothing to step (autograd.grad takes no empty inputs)
+        return params
     norm = "twice" if create_graph else "native"
     for _ in range(steps):
         loss = backbone.loss(backbone.forward(params, x, norm), y)
@@ -315,6 +332,7 @@ def adapt_and_predict(
 
     Raises:
         ValueError: for a negative step count.
+        KeyError: if a per-parameter ``inner_lr`` lacks a name of ``params``.
     """
     wanted = sorted(set(steps))
     if wanted and wanted[0] < 0:
@@ -355,6 +373,7 @@ def adapt_tasks(
 
     Raises:
         ValueError: for ``strategy="batched"`` on a backbone without ``tasks_forward``.
+        KeyError: if a per-parameter ``inner_lr`` lacks a name of ``params``.
     """
     tasks = xs.shape[0]
     fast = {n: p.unsqueeze(0).expand(tasks, *p.shape) for n, p in params.items()}
@@ -384,6 +403,8 @@ def _tasks_step(
     ``fast`` name -> ``[T, *shape]`` (each requiring grad, or a function of tensors that do) ->
     the stepped parameters, differentiable in ``fast`` twice if ``create_graph``."""
     names = adapted_names(fast, inner_lr)
+    if not names:
+        return fast
     out = backbone.tasks_forward(fast, xs, "twice" if create_graph else "native")
     # T x the mean over all examples = the sum over tasks of each task's mean loss (tasks have
     # equal sizes), so task t's parameters get exactly the gradient of its own loss.
@@ -474,6 +495,7 @@ def meta_gradient(
         ValueError: for an unknown strategy or layout; ``chunked``, ``batched`` or
             ``recompute`` on a backbone without ``tasks_forward``; ``channels_last`` on a
             backbone without image inputs; ``chunk < 1`` or ``steps < 0``.
+        KeyError: if a per-parameter ``options.inner_lr`` lacks a name of ``params``.
     """
     steps, inner_lr, first_order, strategy = options.steps, options.inner_lr, options.first_order, options.strategy
     chunk, layout = options.chunk, options.layout

@@ -23,8 +23,12 @@ from metabench.algorithms.backbones import (
     conv4_forward,
     conv4_tasks_forward,
 )
+from metabench.algorithms.maml_core import adapt, conv4_backbone
 from metabench.datasets.sampler import Episode, EpisodeIndex
 from metabench.errors import ConfigError
+from metabench.reevaluate import load_learner
+
+REPO = Path(__file__).resolve().parents[1]
 
 STRIDED = [n for n, (downsample, _) in NETWORKS.items() if downsample == "stride"]
 
@@ -128,5 +132,32 @@ def test_inner_norm_leaves_batch_norm_to_the_outer_loop() -> None:
     for n in norm:
         assert not torch.equal(dict(frozen.model.named_parameters())[n], before[n]), n
     assert not torch.equal(frozen.model.head.weight, adapted.model.head.weight)
+    # Test time adapts with the same rates: predict is the core's inner loop with the learner's
+    # per-parameter rates, not with the scalar inner_lr, and predict_steps agrees with it.
+    episode = episodes[0]
+    params = {n: p.detach().requires_grad_(True) for n, p in frozen.model.named_parameters()}
+    backbone = conv4_backbone("conv4-stride-mean")
+    steps = frozen.config.test_inner_steps
+
+    def adapted_outputs(rates) -> torch.Tensor:
+        fast = adapt(backbone, params, episode.support_x, episode.support_y, steps, rates, create_graph=False)
+        return backbone.forward({n: p.detach() for n, p in fast.items()}, episode.query_x, "native")
+
+    with torch.no_grad():
+        predicted = frozen.predict(episode)
+    assert torch.allclose(predicted, adapted_outputs(frozen.inner_lr), rtol=0, atol=1e-6)
+    assert not torch.allclose(predicted, adapted_outputs(0.4), rtol=0, atol=1e-4)
+    assert torch.allclose(frozen.predict_steps(episode, [steps])[steps], predicted, rtol=0, atol=1e-5)
     with pytest.raises(ConfigError, match="the regression MLP has none: drop --set maml.inner_norm"):
         build_learner("maml", 1, (1,), 10, cpu, 0, {"inner_norm": "false"})
+
+
+def test_inner_norm_survives_the_kept_weights() -> None:
+    """The committed first-order MAML trained with ``inner_norm=false`` (the diagnosis run) is
+    rebuilt from its weights file with batch norm's inner rates at 0 again."""
+    learner = load_learner(REPO / "results" / "omniglot-vinyals-5w1s-converge-diagnosis" / "fomaml-inner-norm-off"
+                           / "weights" / "fomaml-seed0.safetensors")
+    assert learner.config.inner_norm is False
+    rates = learner.inner_lr
+    assert {n for n, r in rates.items() if r == 0} == {f"features.{i}.{p}" for i in (1, 5, 9, 13) for p in ("weight", "bias")}
+    assert {r for r in rates.values() if r != 0} == {0.4}
