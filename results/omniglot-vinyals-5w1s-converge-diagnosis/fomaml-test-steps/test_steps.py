@@ -2,7 +2,7 @@
 
 Usage (with METABENCH_DATA set, from the repository root):
     python results/omniglot-vinyals-5w1s-converge-diagnosis/fomaml-test-steps/test_steps.py \
-        results/omniglot-vinyals-5w1s-converge-strided.incomplete/units/fomaml-seed0/done/weights.safetensors 1000
+        results/omniglot-vinyals-5w1s-converge-strided/weights/fomaml-seed0.safetensors 1000
 
 Scores the first EPISODES 5-way 1-shot validation episodes of Omniglot (vinyals), 15 queries per
 class, episode seed 0: the validation episodes ``metabench run`` selected the best checkpoint on
