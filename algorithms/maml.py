@@ -48,6 +48,7 @@ from .maml_core import (
     meta_gradient,
 )
 from .protocol import EpisodeShape, MetaLearner, StepResult
+from .transductive import forward_in_groups, merge_groups, query_groups
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,14 @@ class MAMLConfig:
             still meta-learns them (``False``: as Finn et al.'s released code, where they are not
             among the ``weights`` the inner loop steps; :data:`~metabench.algorithms.maml_core.InnerLR`).
             Image networks only.
+        query_batch: queries of each class per transductive batch-norm batch at meta-test time
+            (:mod:`~metabench.algorithms.transductive`): 0 (the default) normalises all of an
+            episode's queries together; 1 scores batches of one query per class, the query sets
+            this learner meta-trains on (``train_queries`` = K = 1) and the test batches of Finn
+            et al.'s released code. Image networks only.
     """
 
-    MINIMUMS: ClassVar[dict[str, float | int]] = {"inner_lr": 0.0, "train_inner_steps": 1, "test_inner_steps": 0, "meta_batch": 1, "meta_lr": 0.0, "train_queries": 1, "chunk": 0}
+    MINIMUMS: ClassVar[dict[str, float | int]] = {"inner_lr": 0.0, "train_inner_steps": 1, "test_inner_steps": 0, "meta_batch": 1, "meta_lr": 0.0, "train_queries": 1, "chunk": 0, "query_batch": 0}
     #: Former names of hyperparameters, still read from configurations and kept weights.
     RENAMED: ClassVar[dict[str, str]] = {"path": "strategy"}
 
@@ -103,6 +109,7 @@ class MAMLConfig:
     compile_query: bool = False
     network: str = "conv4"
     inner_norm: bool = True
+    query_batch: int = 0
 
 
 #: Finn et al. (2017, Sec. 5.1), sinusoid regression: alpha = 0.01, meta-batch 25, Adam meta
@@ -150,7 +157,7 @@ class MAML(MetaLearner):
 
     Raises:
         ConfigError: for an unknown ``strategy``, ``layout`` or ``network``, or ``channels_last``,
-            a ``network`` or ``inner_norm=false`` for regression.
+            a ``network``, ``inner_norm=false`` or a ``query_batch`` for regression.
     """
 
     title = "MAML"
@@ -167,6 +174,7 @@ class MAML(MetaLearner):
     #: episodes, so that validating costs a small part of the time (measured costs: docs/runs.md).
     VALIDATE_EVERY: ClassVar[int] = 1000
     INNER_LOOP: ClassVar[bool] = True
+    TEST_SETTINGS: ClassVar[tuple[str, ...]] = ("test_inner_steps", "query_batch")
 
     def __init__(self, config: MAMLConfig, ways, image_shape, total_iterations, device, seed) -> None:
         super().__init__(config, ways, image_shape, total_iterations, device, seed)
@@ -180,6 +188,9 @@ class MAML(MetaLearner):
             if not config.inner_norm:
                 raise ConfigError(f"{self.name}.inner_norm chooses how batch norm adapts; the regression MLP has none: "
                                   f"drop --set {self.name}.inner_norm")
+            if config.query_batch:
+                raise ConfigError(f"{self.name}.query_batch groups the queries of transductive batch norm; the regression "
+                                  f"MLP has none: drop --set {self.name}.query_batch")
             self._backbone = MLP_REGRESSION
             self._model = MLP((image_shape[0], 40, 40, ways)).to(device)
         else:
@@ -236,7 +247,14 @@ class MAML(MetaLearner):
         return StepResult(result.losses.mean().item(), sum(accs) / len(accs))
 
     def predict(self, episode: Episode) -> torch.Tensor:
-        return self._adapt_predict(episode, self.config.test_inner_steps)
+        """Query logits ``[ways * queries, ways]`` after ``test_inner_steps`` steps on the support
+        set, the queries normalised in batches of ``query_batch`` per class
+        (:func:`~metabench.algorithms.transductive.query_groups`; 0: all at once).
+
+        Raises:
+            ValueError: for a ``query_batch`` and a query set that is not class-major.
+        """
+        return self._adapt_predict(episode, self.config.test_inner_steps, query_groups(episode, self.config.query_batch))
 
     def stream_predict(self, episode: Episode) -> torch.Tensor:
         """Adapt from theta on the task's labelled memory with the meta-training inner loop
@@ -244,20 +262,28 @@ class MAML(MetaLearner):
         et al. 2020, with the memory as support set) and predict the incoming batch."""
         return self._adapt_predict(episode, self.config.train_inner_steps)
 
-    def _adapt_predict(self, episode: Episode, steps: int) -> torch.Tensor:
+    def _adapt_predict(self, episode: Episode, steps: int, groups: list[torch.Tensor] | None = None) -> torch.Tensor:
         params = {n: p.detach().requires_grad_(True) for n, p in self._model.named_parameters()}
         with torch.enable_grad():
             fast = adapt(self._backbone, params, episode.support_x, episode.support_y, steps, self.inner_lr,
                          create_graph=False)
+        adapted = {n: p.detach() for n, p in fast.items()}
         with torch.no_grad():
-            return self._backbone.forward({n: p.detach() for n, p in fast.items()}, episode.query_x, "native")
+            return forward_in_groups(lambda x: self._backbone.forward(adapted, x, "native"), episode.query_x, groups)
 
     def predict_steps(self, episode: Episode, steps: Sequence[int]) -> dict[int, torch.Tensor]:
         """Query outputs after each of ``steps`` test-time gradient steps with step size
-        ``inner_lr`` (see :func:`~metabench.algorithms.maml_core.adapt_and_predict`)."""
+        ``inner_lr`` (see :func:`~metabench.algorithms.maml_core.adapt_and_predict`), the queries
+        in batches of ``query_batch`` per class as in :meth:`predict` (the support set adapted
+        again for each batch: the same adaptation, which does not depend on the queries)."""
         params = dict(self._model.named_parameters())
-        return adapt_and_predict(self._backbone, params, episode.support_x, episode.support_y,
-                                 episode.query_x, self.inner_lr, steps)
+        groups = query_groups(episode, self.config.query_batch)
+        if groups is None:
+            return adapt_and_predict(self._backbone, params, episode.support_x, episode.support_y,
+                                     episode.query_x, self.inner_lr, steps)
+        parts = [adapt_and_predict(self._backbone, params, episode.support_x, episode.support_y,
+                                   episode.query_x[rows], self.inner_lr, steps) for rows in groups]
+        return {s: merge_groups([part[s] for part in parts], groups) for s in steps}
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,9 @@ class MetaLearner(ABC):
     ``hyperparameters`` lack the field, i.e. how they were trained and tested), whether its test episodes are worth spreading over worker
     processes on CPU (``TEST_IN_WORKERS``: only where one episode's adaptation takes long enough
     to repay the processes' start-up), whether its meta-training step has an inner loop of
-    gradient steps (``INNER_LOOP``: then ``metabench time --inner-steps`` applies), and implement the abstract methods. A new learner is its file
+    gradient steps (``INNER_LOOP``: then ``metabench time --inner-steps`` applies), which of its
+    hyperparameters act at meta-test time only (``TEST_SETTINGS``: those ``metabench evaluate
+    --set`` may change on kept weights), and implement the abstract methods. A new learner is its file
     plus one line in :data:`metabench.algorithms.LEARNERS`.
 
     Learners that keep state besides the network and ``self.optimizer`` /
@@ -106,6 +108,7 @@ class MetaLearner(ABC):
     VALIDATE_EVERY: ClassVar[int] = 1000
     TEST_IN_WORKERS: ClassVar[bool] = False
     INNER_LOOP: ClassVar[bool] = False
+    TEST_SETTINGS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,

@@ -54,6 +54,7 @@ from .protocol import (
     load_optimizer_tensors,
     optimizer_tensors,
 )
+from .transductive import forward_in_groups, query_groups
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,14 @@ class ReptileConfig:
             ``conv4-stride-flat``, the authors' Omniglot network (``OmniglotModel`` of their
             released code: convolutions with stride 2, the last 2x2 map flattened). The Omniglot
             reproduction (``nox -s reproduce``) uses the latter.
+        query_batch: queries of each class per transductive batch-norm batch at meta-test time
+            (:mod:`~metabench.algorithms.transductive`): 0 (the default) predicts all of an
+            episode's queries in one batch; 1 predicts batches of one query per class, as the
+            authors' transductive evaluation (``_test_predictions`` on a test set of one image per
+            class). Image networks only.
     """
 
-    MINIMUMS: ClassVar[dict[str, float | int]] = {"inner_lr": 0.0, "train_inner_steps": 1, "inner_batch": 1, "train_shots": 1, "meta_batch": 1, "meta_step": 0.0, "meta_step_final": 0, "test_inner_steps": 0, "test_inner_batch": 1}
+    MINIMUMS: ClassVar[dict[str, float | int]] = {"inner_lr": 0.0, "train_inner_steps": 1, "inner_batch": 1, "train_shots": 1, "meta_batch": 1, "meta_step": 0.0, "meta_step_final": 0, "test_inner_steps": 0, "test_inner_batch": 1, "query_batch": 0}
 
     inner_lr: float = 1e-3
     inner_optimizer: str = "adam"
@@ -104,6 +110,7 @@ class ReptileConfig:
     layout: str = "auto"
     inner_state: str = "shared"
     network: str = "conv4"
+    query_batch: int = 0
 
 
 def minibatches(n: int, batch: int, steps: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -160,6 +167,7 @@ class Reptile(MetaLearner):
     #: "Measurements behind the defaults").
     TEST_IN_WORKERS: ClassVar[bool] = True
     INNER_LOOP: ClassVar[bool] = True
+    TEST_SETTINGS: ClassVar[tuple[str, ...]] = ("test_inner_steps", "test_inner_batch", "query_batch")
 
     def __init__(self, config: ReptileConfig, ways, image_shape, total_iterations, device, seed) -> None:
         super().__init__(config, ways, image_shape, total_iterations, device, seed)
@@ -171,6 +179,9 @@ class Reptile(MetaLearner):
         if self.kind == "regression":
             if config.network != "conv4":
                 raise ConfigError("reptile.network chooses an image network; regression uses the MLP: drop --set reptile.network")
+            if config.query_batch:
+                raise ConfigError("reptile.query_batch groups the queries of transductive batch norm; the regression MLP has "
+                                  "none: drop --set reptile.query_batch")
             self._model = MLP((image_shape[0], 40, 40, ways)).to(device)
             self._loss = mse
         else:
@@ -240,7 +251,7 @@ class Reptile(MetaLearner):
     def _fine_tune(
         self, fast: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, rng: np.random.Generator,
         query_x: torch.Tensor | None = None, record: Sequence[int] = (), layout: str = "contiguous",
-        opt: torch.optim.Optimizer | None = None,
+        opt: torch.optim.Optimizer | None = None, groups: list[torch.Tensor] | None = None,
     ) -> tuple[float, float, dict[int, torch.Tensor]]:
         """Copy theta into ``fast`` (a copy of the network) and run the inner loop (Adam with
         beta1 = 0, or SGD) on ``(x, y)``.
@@ -255,6 +266,8 @@ class Reptile(MetaLearner):
             layout: the layout each minibatch is copied into (one of ``LAYOUTS``).
             opt: the inner optimiser over ``fast``'s parameters to step (its state carries on);
                 ``None``: a new one.
+            groups: the transductive batches ``query_x`` is predicted in
+                (:func:`~metabench.algorithms.transductive.query_groups`; ``None``: one batch).
 
         Returns the mean loss (nats or squared units) and accuracy (fraction; NaN for
         regression) over the inner minibatches, and ``{step: query outputs}``.
@@ -267,7 +280,7 @@ class Reptile(MetaLearner):
         for step, idx in enumerate(minibatches(x.shape[0], batch, steps, rng)):
             if step in record:
                 with torch.no_grad():
-                    outputs[step] = fast(query_x)
+                    outputs[step] = forward_in_groups(fast, query_x, groups)
             idx_t = torch.from_numpy(idx).to(x.device)
             out = fast(in_layout(x[idx_t], layout))
             loss = self._loss(out, y[idx_t])
@@ -278,7 +291,7 @@ class Reptile(MetaLearner):
             accs.append(accuracy(out.detach(), y[idx_t]) if self.kind == "classification" else float("nan"))
         if steps in record:
             with torch.no_grad():
-                outputs[steps] = fast(query_x)
+                outputs[steps] = forward_in_groups(fast, query_x, groups)
         return float(np.mean(losses)) if losses else float("nan"), float(np.mean(accs)) if accs else float("nan"), outputs
 
     def meta_step_size(self) -> float:
@@ -344,10 +357,16 @@ class Reptile(MetaLearner):
 
     def predict_steps(self, episode: Episode, steps: Sequence[int]) -> dict[int, torch.Tensor]:
         """Query outputs after each number of test-time inner iterations in ``steps``
-        (minibatches of ``test_inner_batch`` support examples; full batch for regression)."""
+        (minibatches of ``test_inner_batch`` support examples; full batch for regression), the
+        queries predicted in batches of ``query_batch`` per class (0: all at once).
+
+        Raises:
+            ValueError: for a ``query_batch`` and a query set that is not class-major.
+        """
+        groups = query_groups(episode, self.config.query_batch)
         with torch.enable_grad():
             _, _, outputs = self._fine_tune(
                 self._fast, episode.support_x, episode.support_y, max(steps), self.config.test_inner_batch,
-                self._episode_rng(episode), episode.query_x, steps, opt=self._prediction_optimizer(),
+                self._episode_rng(episode), episode.query_x, steps, opt=self._prediction_optimizer(), groups=groups,
             )
         return outputs

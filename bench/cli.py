@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-download", dest="download", action="store_false", default=None, help="fail instead of downloading")
     e.add_argument("--out", help="directory to create (default RUN_DIR-eval-<dataset>-<N>w<K>s beside RUN_DIR)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.add_argument("--set", dest="sets", action="append", default=[], metavar="LEARNER.NAME=VALUE",
+                   help="change a test-time hyperparameter of the kept learner, e.g. --set fomaml.query_batch=1 "
+                        "(repeatable; the learner's TEST_SETTINGS only)")
     add_protocol_arguments(e)
 
     r = sub.add_parser(
@@ -474,7 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             changes = {k: getattr(args, k) for k in CHANGEABLE if getattr(args, k, None) is not None}
             changes.update(protocol_values(args, run_protocol(Path(args.run_dir))))
-            out = evaluate_run(Path(args.run_dir), Path(args.out) if args.out else None, progress=not args.quiet, **changes)
+            out = evaluate_run(Path(args.run_dir), Path(args.out) if args.out else None, progress=not args.quiet,
+                               test_settings=parse_sets(args.sets), **changes)
             print((out / "summary.md").read_text())
             print(f"run directory: {out}")
         elif args.command == "time":

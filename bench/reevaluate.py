@@ -31,14 +31,14 @@ import torch
 from tqdm.auto import tqdm
 
 from metabench import __version__, checkpoint
-from metabench.algorithms import LEARNERS, MetaLearner, build_learner
+from metabench.algorithms import LEARNERS, MetaLearner, apply_overrides, build_learner
 from metabench.config import RunConfig, resolve
 from metabench.datasets import DATASETS
 from metabench.environment import environment
 from metabench.errors import ConfigError
 from metabench.evaluation import default_workers
 from metabench.outdir import check_writable, write_atomically
-from metabench.protocols import protocol_class, protocol_for, standard
+from metabench.protocols import check_query_batch, protocol_class, protocol_for, standard
 from metabench.rundata import data_for
 from metabench.runner import resolve_device, summary_markdown
 
@@ -56,13 +56,34 @@ def kept_hparams(meta: Mapping[str, Any]) -> dict[str, Any]:
     return {**legacy, **meta["hparams"]}
 
 
-def load_learner(path: Path, device: torch.device | str = "cpu", ways: int | None = None) -> MetaLearner:
+def check_test_settings(name: str, settings: Mapping[str, Any]) -> None:
+    """Check hyperparameters to change on learner ``name``'s kept weights: only its
+    ``TEST_SETTINGS`` (those that act at meta-test time), each with a valid value.
+
+    Raises:
+        ConfigError: for an unknown learner, a hyperparameter that shapes what the learner
+            learned (naming the ones allowed), or a bad value.
+    """
+    if name not in LEARNERS:
+        raise ConfigError(f"unknown learner {name!r} in --set: choose from {', '.join(LEARNERS)}")
+    learned = sorted(set(settings) - set(LEARNERS[name].TEST_SETTINGS))
+    if learned:
+        allowed = ", ".join(LEARNERS[name].TEST_SETTINGS) or "none"
+        raise ConfigError(f"{name}.{', '.join(learned)} shapes what {name} learned, so kept weights cannot change it: "
+                          f"--set in metabench evaluate takes its test-time settings only ({allowed})")
+    apply_overrides(LEARNERS[name].Config(), settings, name)
+
+
+def load_learner(path: Path, device: torch.device | str = "cpu", ways: int | None = None,
+                 test_settings: Mapping[str, Any] | None = None) -> MetaLearner:
     """Rebuild a trained learner from its kept weights.
 
     Args:
         path: a ``weights/<learner>-seed<k>.safetensors`` file of a run directory.
         device: where to put it.
         ways: N of the episodes it will be tested on (default: the N it was trained for).
+        test_settings: hyperparameters to change that act at meta-test time only (the learner's
+            ``TEST_SETTINGS``, e.g. ``{"query_batch": 1}``), over those it was trained with.
 
     Returns:
         The learner with the trained weights and the settings it chose on validation data.
@@ -70,16 +91,18 @@ def load_learner(path: Path, device: torch.device | str = "cpu", ways: int | Non
     Raises:
         CheckpointError: if the file is missing, corrupt or not metabench weights.
         ConfigError: if the weights do not fit the learner's network for ``ways`` (its output
-            layer fixes N).
+            layer fixes N), or ``test_settings`` names a hyperparameter that is not one of the
+            learner's ``TEST_SETTINGS`` or has a bad value.
     """
     tensors, meta = checkpoint.load(path)
     if meta.get("format") != "metabench-weights/1" or meta.get("learner") not in LEARNERS:
         raise checkpoint.CheckpointError(f"{path} is not a metabench weights file (format {meta.get('format')!r})")
     name = meta["learner"]
+    check_test_settings(name, test_settings or {})
     trained_ways = int(meta["ways"])
     ways = trained_ways if ways is None else ways
     learner = build_learner(name, ways, tuple(meta["input_shape"]), max(1, int(meta["iteration"])), device,
-                            int(meta["seed"]), kept_hparams(meta))
+                            int(meta["seed"]), {**kept_hparams(meta), **(test_settings or {})})
     try:
         learner.load_state_dict(tensors)
     except RuntimeError:
@@ -132,13 +155,16 @@ def evaluate_config(run_dir: Path, changes: Mapping[str, Any]) -> tuple[RunConfi
     return resolve(values), original
 
 
-def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True, **changes: Any) -> Path:
+def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True,
+                 test_settings: Mapping[str, Mapping[str, Any]] | None = None, **changes: Any) -> Path:
     """Re-test the learners kept in ``run_dir`` and write a run directory of the results.
 
     Args:
         run_dir: a finished ``metabench run`` directory with ``weights/``.
         out: the directory to write (default ``<run_dir>-eval-<dataset>-<N>w<K>s``).
         progress: show progress bars.
+        test_settings: learner -> test-time hyperparameters to change (``--set``; see
+            :func:`load_learner`), recorded in the output's ``config.json`` and ``run.json``.
         changes: settings of :data:`CHANGEABLE` (``None`` keeps the run's).
 
     Returns:
@@ -146,7 +172,8 @@ def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True, 
 
     Raises:
         ConfigError: as :func:`evaluate_config`; an existing ``out``; no learner left that can
-            take the new episodes.
+            take the new episodes; ``test_settings`` for a learner not re-tested, or as
+            :func:`load_learner`.
         CheckpointError: an unreadable weights file.
         DataError: test data missing and not downloadable.
     """
@@ -163,11 +190,19 @@ def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True, 
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise ConfigError(f"{run_dir} has no weights for {', '.join(missing)}: choose --learners among those it kept")
+    test_settings = {k: dict(v) for k, v in (test_settings or {}).items()}
+    unknown = sorted(set(test_settings) - set(config.learners))
+    if unknown:
+        raise ConfigError(f"--set names {', '.join(unknown)}, which this evaluation does not re-test: use learners among "
+                          f"{', '.join(config.learners)}")
+    for name, settings in test_settings.items():
+        check_test_settings(name, settings)
+    check_query_batch(config.protocol or standard(DATASETS[config.dataset].kind), test_settings)
     skipped = dict(config.skipped)
     loaded: dict[tuple[str, int], MetaLearner] = {}
     for (name, seed), path in files.items():
         try:
-            loaded[(name, seed)] = load_learner(path, device, config.ways)
+            loaded[(name, seed)] = load_learner(path, device, config.ways, test_settings.get(name))
         except ConfigError as exc:
             skipped[name] = f"{exc}".split(":")[0] + f", so it cannot be tested {config.ways}-way"
     learners = tuple(n for n in config.learners if n not in skipped)
@@ -214,12 +249,13 @@ def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True, 
         "source_fingerprint": source_meta.get("fingerprint"),
         "weights_sha256": weights,
         "tuned": source_meta.get("tuned", {}),
+        "test_settings": test_settings,
         "skipped": skipped,
     }
     resolved = {**config.to_dict(), "kind": kind, "budget": original.get("budget"),
                 "iterations": {n: int(timings.loc[timings["learner"] == n, "meta_iterations"].iloc[0]) for n in learners},
                 "workers": workers, "out": str(out), "device_resolved": str(device),
-                "evaluated_from": str(run_dir), "learner_settings": {
+                "evaluated_from": str(run_dir), "test_settings": test_settings, "learner_settings": {
                     n: original.get("learner_settings", {}).get(n) for n in learners}}
 
     def write(folder: Path) -> None:
@@ -229,7 +265,10 @@ def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True, 
         summary.to_csv(folder / "summary.csv", index=False)
         text = summary_markdown(dataclasses.replace(config, budget=str(original.get("budget"))), summary, meta, env,
                                 protocol)
-        (folder / "summary.md").write_text(text + f"\nRe-tested from the weights kept in `{run_dir}` (no training).\n")
+        changed = "".join(f" {n}: " + ", ".join(f"{k} = {v}" for k, v in sorted(items.items())) + "."
+                          for n, items in sorted(test_settings.items()))
+        (folder / "summary.md").write_text(text + f"\nRe-tested from the weights kept in `{run_dir}` (no training)."
+                                           + (f" Test-time settings changed:{changed}" if changed else "") + "\n")
         (folder / "run.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
     write_atomically(out, write)
