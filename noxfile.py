@@ -74,10 +74,16 @@ REPRODUCTIONS = [
 ]
 
 
-#: The reproduction's trained learners re-tested without training (``metabench evaluate``): on the
+#: The reproduction's trained learners re-tested without training (``metabench evaluate``): MAML,
+#: first-order MAML and Reptile on the same test episodes in transductive batches of one query per
+#: class, as their papers' released codes test Omniglot (``query_batch``, docs/learners.md); on the
 #: digits (cross-domain, every learner) and at 20-way 1-shot (the metric learners, whose heads do
 #: not fix N). Each: (run directory, its output, the flags).
 REPRODUCTION_EVALUATIONS = [
+    ("results/omniglot-vinyals-5w1s-converge", "results/omniglot-vinyals-5w1s-converge-query-batch-1",
+     ["--learners", "maml", "--set", "maml.query_batch=1"]),
+    ("results/omniglot-vinyals-5w1s-converge-strided", "results/omniglot-vinyals-5w1s-converge-strided-query-batch-1",
+     ["--set", "fomaml.query_batch=1", "--set", "reptile.query_batch=1"]),
     ("results/omniglot-vinyals-5w1s-converge", "results/omniglot-to-digits-5w1s-converge",
      ["--test-dataset", "digits"]),
     ("results/omniglot-vinyals-5w1s-converge-strided", "results/omniglot-to-digits-5w1s-converge-strided",
