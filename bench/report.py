@@ -666,6 +666,15 @@ def _markdown_cost(result: SettingResult, front: np.ndarray) -> str:
     return "\n".join(lines)
 
 
+def _test_settings_note(settings: dict[str, dict[str, Any]]) -> str:
+    """``, re-tested with fomaml query_batch = 1`` for the test-time settings a ``metabench
+    evaluate --set`` changed (``run.json``), or ``""``."""
+    if not settings:
+        return ""
+    return ", re-tested with " + "; ".join(f"{name} " + ", ".join(f"{k} = {v}" for k, v in sorted(items.items()))
+                                           for name, items in sorted(settings.items()))
+
+
 def _inputs_markdown(results: Sequence[SettingResult], timings: Sequence[TimingRun]) -> list[str]:
     lines = []
     for r in results:
@@ -677,7 +686,8 @@ def _inputs_markdown(results: Sequence[SettingResult], timings: Sequence[TimingR
             lines.append(f"- `{run.path}`: {run.setting.title}, learners {', '.join(run.learners)}, budget `{budget}`, "
                          f"seeds {seeds}, {len(r.per_episode)} test episodes ({r.queries} queries per class), episode "
                          f"fingerprint `{run.fingerprint[:16]}`, device {env.get('device', '?')} ({hw}), torch "
-                         f"{env.get('torch', '?')}, commit `{str(env.get('commit', '?'))[:10]}`.")
+                         f"{env.get('torch', '?')}, commit `{str(env.get('commit', '?'))[:10]}`"
+                         + _test_settings_note(run.meta.get("test_settings") or {}) + ".")
     for t in timings:
         env = t.environment
         lines.append(f"- `{t.path}`: timing, {len(t.table)} cells, implementations "

@@ -18,6 +18,7 @@ from metabench.datasets.sampler import Episode, EpisodeIndex
 from metabench.errors import ConfigError
 from metabench.protocols import protocol_for
 from metabench.reevaluate import check_test_settings, evaluate_run
+from metabench.report import report
 
 REPO = Path(__file__).resolve().parents[1]
 TRANSDUCTIVE = ["maml", "fomaml", "reptile"]
@@ -120,6 +121,7 @@ def test_evaluate_records_changed_test_settings(data_root: Path, tmp_path: Path)
     assert json.loads((out / "config.json").read_text())["test_settings"] == {"fomaml": {"query_batch": "1"}}
     assert json.loads((out / "run.json").read_text())["test_settings"] == {"fomaml": {"query_batch": "1"}}
     assert "Test-time settings changed: fomaml: query_batch = 1." in (out / "summary.md").read_text()
+    assert "re-tested with fomaml query_batch = 1." in (report([out], tmp_path / "report") / "index.md").read_text()
     with pytest.raises(ConfigError, match="--set names maml, which this evaluation does not re-test"):
         evaluate_run(source, tmp_path / "other", progress=False, test_episodes=2, data_root=str(data_root),
                      download=False, device="cpu", workers=1, test_settings={"maml": {"query_batch": "1"}})
