@@ -88,8 +88,8 @@ class MAMLConfig:
         query_batch: queries of each class per transductive batch-norm batch at meta-test time
             (:mod:`~metabench.algorithms.transductive`): 0 (the default) normalises all of an
             episode's queries together; 1 scores batches of one query per class, the query sets
-            this learner meta-trains on (``train_queries`` = K = 1) and the test batches of Finn
-            et al.'s released code. Image networks only.
+            this learner meta-trains on at 1-shot (``train_queries`` = K) and the test batches of
+            Finn et al.'s released code there. Image networks only.
     """
 
     MINIMUMS: ClassVar[dict[str, float | int]] = {"inner_lr": 0.0, "train_inner_steps": 1, "test_inner_steps": 0, "meta_batch": 1, "meta_lr": 0.0, "train_queries": 1, "chunk": 0, "query_batch": 0}
@@ -275,7 +275,11 @@ class MAML(MetaLearner):
         """Query outputs after each of ``steps`` test-time gradient steps with step size
         ``inner_lr`` (see :func:`~metabench.algorithms.maml_core.adapt_and_predict`), the queries
         in batches of ``query_batch`` per class as in :meth:`predict` (the support set adapted
-        again for each batch: the same adaptation, which does not depend on the queries)."""
+        again for each batch: the same adaptation, which does not depend on the queries).
+
+        Raises:
+            ValueError: for a ``query_batch`` and a query set that is not class-major.
+        """
         params = dict(self._model.named_parameters())
         groups = query_groups(episode, self.config.query_batch)
         if groups is None:

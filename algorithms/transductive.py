@@ -6,10 +6,10 @@ other query images are in its batch. MAML, first-order MAML and Reptile meta-tra
 (or inner minibatches) of a few images per class, while metabench's test episodes have 15 queries
 per class; scoring all 75 in one batch normalises them with statistics of another batch size and
 composition than the network was trained on. Finn et al.'s released code (github.com/cbfinn/maml,
-``main.py``: ``DataGenerator(FLAGS.update_batch_size*2, ...)`` for Omniglot) and Nichol et al.'s
-(github.com/openai/supervised-reptile, ``reptile.py``: ``_test_predictions`` with
-``transductive``, on a test set of one image per class) both test Omniglot on batches of **one
-query per class**, the batches their published numbers come from.
+``main.py``: ``DataGenerator(FLAGS.update_batch_size*2, ...)`` for Omniglot, K queries per class)
+and Nichol et al.'s (github.com/openai/supervised-reptile, ``reptile.py``: ``_test_predictions``
+with ``transductive``, on a test set of one image per class) both test Omniglot 1-shot on batches
+of **one query per class**, the batches their published 1-shot numbers come from.
 
 :func:`query_groups` splits an episode's query set into batches of ``per_class`` queries of every
 class; :func:`forward_in_groups` runs a network on each batch and puts the outputs back in the
@@ -44,7 +44,7 @@ def query_groups(episode: Episode, per_class: int) -> list[torch.Tensor] | None:
 
     Raises:
         ValueError: for a negative ``per_class``, or a query set that is not ``ways * queries``
-            images, naming the setting to drop (runs refuse ``query_batch`` outside the episodic
+            images labelled in class-major order, naming the setting to drop (runs refuse ``query_batch`` outside the episodic
             protocol before they start: :func:`metabench.protocols.check_query_batch`).
     """
     if per_class < 0:
@@ -54,10 +54,12 @@ def query_groups(episode: Episode, per_class: int) -> list[torch.Tensor] | None:
     ways, queries = episode.ways, episode.queries
     if per_class >= queries:
         return None
-    if episode.query_x.shape[0] != ways * queries:
-        raise ValueError(f"query_batch={per_class} needs a query set of {ways} x {queries} class-major images, got "
-                         f"{episode.query_x.shape[0]}: drop --set <learner>.query_batch for this protocol")
-    rows = torch.arange(ways * queries, device=episode.query_x.device).reshape(ways, queries)
+    device = episode.query_x.device
+    class_major = torch.arange(ways, device=device).repeat_interleave(queries)
+    if episode.query_x.shape[0] != ways * queries or not torch.equal(episode.query_y.to(device), class_major):
+        raise ValueError(f"query_batch={per_class} needs a query set of {ways} x {queries} images in class-major order, "
+                         f"got {episode.query_x.shape[0]} images: drop --set <learner>.query_batch for this protocol")
+    rows = torch.arange(ways * queries, device=device).reshape(ways, queries)
     return [rows[:, start:start + per_class].reshape(-1) for start in range(0, queries, per_class)]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from metabench.algorithms import LEARNERS, META_LEARNERS, learner_config
 from metabench.datasets import DATASETS, check_split
 from metabench.errors import ConfigError
-from metabench.protocols import protocol_class, standard
+from metabench.protocols import check_query_batch, protocol_class, standard
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -302,7 +302,9 @@ def resolve(values: Mapping[str, Any]) -> RunConfig:
     Raises:
         ConfigError: for unknown keys, learners, datasets, splits, budgets, hyperparameters,
             non-positive counts, ``ways`` given for regression, a dataset without meta-training
-            classes, a cross-domain pair of different kinds or channels, or no learner left to run.
+            classes, a cross-domain pair of different kinds or channels, no learner left to run,
+            or a learner's ``query_batch`` outside the episodic protocol
+            (:func:`~metabench.protocols.check_query_batch`).
     """
     known = {f.name for f in dataclasses.fields(RunConfig)} - {"skipped"}
     given = {k: v for k, v in values.items() if v is not None}
@@ -383,6 +385,7 @@ def resolve(values: Mapping[str, Any]) -> RunConfig:
         if why:
             raise ConfigError(f"{LEARNERS[name].title} cannot run the {protocol_cls.name} protocol ({why}): "
                               f"drop it from --learners")
+    check_query_batch(protocol_cls.name, {name: learner_config(name, hparams.get(name, {}), info.kind) for name in learners})
     default_episodes = min(budget.test_episodes, protocol_cls.DEFAULT_EPISODES or budget.test_episodes)
 
     seeds = given.get("seeds", (0,))

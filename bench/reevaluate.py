@@ -5,7 +5,8 @@ A finished run directory holds each trained learner's weights in
 document naming the learner, its hyperparameters, the input shape, N and the iteration the weights
 are from). :func:`evaluate_run` rebuilds each learner from its file and tests it on other
 episodes: another test dataset (cross-domain), another N-way K-shot shape, more episodes, another
-episode seed. It writes an ordinary run directory (``config.json``, ``environment.json``,
+episode seed, and with other test-time settings (``--set``, a learner's ``TEST_SETTINGS`` only,
+e.g. ``query_batch``). It writes an ordinary run directory (``config.json``, ``environment.json``,
 ``episodes.csv``, ``summary.csv``, ``summary.md``, ``run.json``; no curves, since nothing
 trained) that ``metabench report`` reads like any other.
 
@@ -38,7 +39,8 @@ from metabench.environment import environment
 from metabench.errors import ConfigError
 from metabench.evaluation import default_workers
 from metabench.outdir import check_writable, write_atomically
-from metabench.protocols import check_query_batch, protocol_class, protocol_for, standard
+from metabench.protocols import protocol_class, protocol_for, standard
+from metabench.results import format_test_settings
 from metabench.rundata import data_for
 from metabench.runner import resolve_device, summary_markdown
 
@@ -117,9 +119,11 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def evaluate_config(run_dir: Path, changes: Mapping[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
+def evaluate_config(run_dir: Path, changes: Mapping[str, Any],
+                    test_settings: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[RunConfig, dict[str, Any]]:
     """The configuration of re-testing ``run_dir``: its own, with ``changes`` (keys of
-    :data:`CHANGEABLE`) applied, and the run's ``config.json``.
+    :data:`CHANGEABLE`) applied and ``test_settings`` (learner -> test-time hyperparameters)
+    over its ``hparams``, and the run's ``config.json``.
 
     Raises:
         ConfigError: if ``run_dir`` is not a finished run directory with kept weights, or a
@@ -151,6 +155,10 @@ def evaluate_config(run_dir: Path, changes: Mapping[str, Any]) -> tuple[RunConfi
     elif isinstance(changes.get("protocol_settings"), Mapping):  # the same protocol: change only what is given
         changes = {**changes, "protocol_settings": {**values.get("protocol_settings", {}), **changes["protocol_settings"]}}
     values.update({k: v for k, v in changes.items() if v is not None})
+    hparams = {name: dict(items) for name, items in values.get("hparams", {}).items()}
+    for name, items in (test_settings or {}).items():
+        hparams[name] = {**hparams.get(name, {}), **items}
+    values["hparams"] = hparams
     values.update(budget="smoke", iterations=1, val_episodes=0, curve_points=0)  # nothing trains
     return resolve(values), original
 
@@ -164,7 +172,8 @@ def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True,
         out: the directory to write (default ``<run_dir>-eval-<dataset>-<N>w<K>s``).
         progress: show progress bars.
         test_settings: learner -> test-time hyperparameters to change (``--set``; see
-            :func:`load_learner`), recorded in the output's ``config.json`` and ``run.json``.
+            :func:`load_learner`), merged into the output's ``config.json`` ``hparams`` and
+            recorded under ``test_settings`` there and in ``run.json`` (for the learners tested).
         changes: settings of :data:`CHANGEABLE` (``None`` keeps the run's).
 
     Returns:
@@ -172,14 +181,18 @@ def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True,
 
     Raises:
         ConfigError: as :func:`evaluate_config`; an existing ``out``; no learner left that can
-            take the new episodes; ``test_settings`` for a learner not re-tested, or as
-            :func:`load_learner`.
+            take the new episodes; ``test_settings`` for a learner not re-tested, as
+            :func:`check_test_settings`, or a ``query_batch`` outside the episodic protocol
+            (:func:`~metabench.protocols.check_query_batch`).
         CheckpointError: an unreadable weights file.
         DataError: test data missing and not downloadable.
     """
     started = datetime.now(timezone.utc)
     wall_start = time.perf_counter()
-    config, original = evaluate_config(run_dir, changes)
+    test_settings = {k: dict(v) for k, v in (test_settings or {}).items()}
+    for name, settings in test_settings.items():
+        check_test_settings(name, settings)
+    config, original = evaluate_config(run_dir, changes, test_settings)
     suffix = "" if config.protocol == standard(DATASETS[config.dataset].kind) else f"-{config.protocol}"
     out = out or run_dir.with_name(f"{run_dir.name}-eval-{config.test_dataset}-{config.ways}w{config.shots}s{suffix}")
     check_writable(out)
@@ -190,14 +203,10 @@ def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True,
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise ConfigError(f"{run_dir} has no weights for {', '.join(missing)}: choose --learners among those it kept")
-    test_settings = {k: dict(v) for k, v in (test_settings or {}).items()}
     unknown = sorted(set(test_settings) - set(config.learners))
     if unknown:
         raise ConfigError(f"--set names {', '.join(unknown)}, which this evaluation does not re-test: use learners among "
                           f"{', '.join(config.learners)}")
-    for name, settings in test_settings.items():
-        check_test_settings(name, settings)
-    check_query_batch(config.protocol or standard(DATASETS[config.dataset].kind), test_settings)
     skipped = dict(config.skipped)
     loaded: dict[tuple[str, int], MetaLearner] = {}
     for (name, seed), path in files.items():
@@ -210,6 +219,7 @@ def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True,
         raise ConfigError(f"no learner of {run_dir} can be tested {config.ways}-way (their output layers fix N): use --ways "
                           "with the N they were trained for, or a run of learners without an N-way layer")
     config = dataclasses.replace(config, learners=learners, skipped=skipped)
+    test_settings = {name: items for name, items in test_settings.items() if name in learners}
     data = data_for(config)
     protocol = protocol_for(config)
     protocol.check(config, data)
@@ -265,10 +275,9 @@ def evaluate_run(run_dir: Path, out: Path | None = None, progress: bool = True,
         summary.to_csv(folder / "summary.csv", index=False)
         text = summary_markdown(dataclasses.replace(config, budget=str(original.get("budget"))), summary, meta, env,
                                 protocol)
-        changed = "".join(f" {n}: " + ", ".join(f"{k} = {v}" for k, v in sorted(items.items())) + "."
-                          for n, items in sorted(test_settings.items()))
+        changed = format_test_settings(test_settings)
         (folder / "summary.md").write_text(text + f"\nRe-tested from the weights kept in `{run_dir}` (no training)."
-                                           + (f" Test-time settings changed:{changed}" if changed else "") + "\n")
+                                           + (f" Test-time settings changed: {changed}." if changed else "") + "\n")
         (folder / "run.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
     write_atomically(out, write)

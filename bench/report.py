@@ -39,7 +39,14 @@ from metabench import __version__
 from metabench import published as pub
 from metabench.errors import ReportError
 from metabench.protocols import registry
-from metabench.results import AccuracyRun, ProtocolRun, Setting, TimingRun, read_inputs
+from metabench.results import (
+    AccuracyRun,
+    ProtocolRun,
+    Setting,
+    TimingRun,
+    format_test_settings,
+    read_inputs,
+)
 from metabench.statistics import (
     accuracy_summary,
     pairwise_comparisons,
@@ -666,15 +673,6 @@ def _markdown_cost(result: SettingResult, front: np.ndarray) -> str:
     return "\n".join(lines)
 
 
-def _test_settings_note(settings: dict[str, dict[str, Any]]) -> str:
-    """``, re-tested with fomaml query_batch = 1`` for the test-time settings a ``metabench
-    evaluate --set`` changed (``run.json``), or ``""``."""
-    if not settings:
-        return ""
-    return ", re-tested with " + "; ".join(f"{name} " + ", ".join(f"{k} = {v}" for k, v in sorted(items.items()))
-                                           for name, items in sorted(settings.items()))
-
-
 def _inputs_markdown(results: Sequence[SettingResult], timings: Sequence[TimingRun]) -> list[str]:
     lines = []
     for r in results:
@@ -683,11 +681,12 @@ def _inputs_markdown(results: Sequence[SettingResult], timings: Sequence[TimingR
             hw = env.get("gpu") or f"{env.get('cpu', '?')}, {env.get('torch_threads', '?')} threads"
             budget = run.config.get("budget", "?")
             seeds = ",".join(str(s) for s in run.config.get("seeds", [])) or "?"
+            changed = format_test_settings(run.meta.get("test_settings") or {})
             lines.append(f"- `{run.path}`: {run.setting.title}, learners {', '.join(run.learners)}, budget `{budget}`, "
                          f"seeds {seeds}, {len(r.per_episode)} test episodes ({r.queries} queries per class), episode "
                          f"fingerprint `{run.fingerprint[:16]}`, device {env.get('device', '?')} ({hw}), torch "
                          f"{env.get('torch', '?')}, commit `{str(env.get('commit', '?'))[:10]}`"
-                         + _test_settings_note(run.meta.get("test_settings") or {}) + ".")
+                         + (f", re-tested with {changed}" if changed else "") + ".")
     for t in timings:
         env = t.environment
         lines.append(f"- `{t.path}`: timing, {len(t.table)} cells, implementations "

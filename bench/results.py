@@ -302,6 +302,14 @@ class ProtocolRun:
 STANDARD_PROTOCOLS = ("episodic",)
 
 
+def format_test_settings(settings: dict[str, dict[str, Any]]) -> str:
+    """The test-time settings a ``metabench evaluate --set`` changed (``run.json``
+    ``test_settings``, learner -> name -> value) as text: ``fomaml query_batch = 1; reptile
+    query_batch = 1`` (empty for none)."""
+    return "; ".join(f"{name} " + ", ".join(f"{k} = {v}" for k, v in sorted(items.items()))
+                     for name, items in sorted(settings.items()))
+
+
 def run_protocol(config: dict[str, Any]) -> str:
     """The protocol of a run's ``config.json``; runs from before protocols existed name none and
     were tested with their dataset kind's standard protocol."""

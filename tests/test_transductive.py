@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -16,8 +17,7 @@ from metabench.algorithms.transductive import forward_in_groups, merge_groups, q
 from metabench.config import resolve
 from metabench.datasets.sampler import Episode, EpisodeIndex
 from metabench.errors import ConfigError
-from metabench.protocols import protocol_for
-from metabench.reevaluate import check_test_settings, evaluate_run
+from metabench.reevaluate import check_test_settings, evaluate_run, load_learner
 from metabench.report import report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +49,8 @@ def test_query_groups_take_every_class_in_each_batch() -> None:
         query_groups(ep, -1)
     with pytest.raises(ValueError, match="drop --set <learner>.query_batch"):
         query_groups(dataclasses.replace(ep, query_x=ep.query_x[:7]), 1)
+    with pytest.raises(ValueError, match="in class-major order"):  # the right size, another order
+        query_groups(dataclasses.replace(ep, query_y=ep.query_y.flip(0)), 1)
 
 
 def test_forward_in_groups_computes_each_batch_on_its_own() -> None:
@@ -84,8 +86,8 @@ def test_query_batch_predicts_each_batch_as_its_own_query_set(name: str) -> None
         expected[rows] = whole.predict(sub)
     out = grouped.predict(ep)
     # Reptile draws its fine-tuning minibatches from the episode's key, which a sub-episode
-    # changes: its one minibatch (all 5 support images, test_inner_batch 5) comes in another
-    # order, the same sums rounded otherwise (2e-6 apart at most, measured).
+    # changes: each minibatch (all 5 support images, test_inner_batch 5) comes in another order,
+    # the same sums rounded otherwise (2e-6 apart at most, measured).
     assert torch.allclose(out, expected, rtol=0, atol=1e-5 if name == "reptile" else 1e-6)
     assert not torch.allclose(out, whole.predict(ep), rtol=0, atol=1e-2)  # other batch statistics
     steps = grouped.config.test_inner_steps
@@ -116,11 +118,17 @@ def test_evaluate_records_changed_test_settings(data_root: Path, tmp_path: Path)
     rebuilt learner and is recorded beside the results; one for a learner the run did not keep is
     refused."""
     source = REPO / "results" / "omniglot-vinyals-5w1s-converge-diagnosis" / "fomaml-inner-norm-off"
+    assert load_learner(source / "weights" / "fomaml-seed0.safetensors", test_settings={"query_batch": "1"}).config.query_batch == 1
     out = evaluate_run(source, tmp_path / "grouped", progress=False, test_episodes=2, data_root=str(data_root),
                        download=False, device="cpu", workers=1, test_settings={"fomaml": {"query_batch": "1"}})
+    plain = evaluate_run(source, tmp_path / "plain", progress=False, test_episodes=2, data_root=str(data_root),
+                         download=False, device="cpu", workers=1)
+    losses = [pd.read_csv(d / "episodes.csv")["loss"].to_numpy() for d in (out, plain)]
+    assert not np.allclose(*losses, rtol=1e-3)  # the setting changed the predictions
     assert json.loads((out / "config.json").read_text())["test_settings"] == {"fomaml": {"query_batch": "1"}}
+    assert json.loads((out / "config.json").read_text())["hparams"]["fomaml"]["query_batch"] == "1"
     assert json.loads((out / "run.json").read_text())["test_settings"] == {"fomaml": {"query_batch": "1"}}
-    assert "Test-time settings changed: fomaml: query_batch = 1." in (out / "summary.md").read_text()
+    assert "Test-time settings changed: fomaml query_batch = 1." in (out / "summary.md").read_text()
     assert "re-tested with fomaml query_batch = 1." in (report([out], tmp_path / "report") / "index.md").read_text()
     with pytest.raises(ConfigError, match="--set names maml, which this evaluation does not re-test"):
         evaluate_run(source, tmp_path / "other", progress=False, test_episodes=2, data_root=str(data_root),
@@ -130,10 +138,13 @@ def test_evaluate_records_changed_test_settings(data_root: Path, tmp_path: Path)
         evaluate_run(source, tmp_path / "active", progress=False, test_episodes=2, data_root=str(data_root),
                      download=False, device="cpu", workers=1, protocol="active",
                      test_settings={"fomaml": {"query_batch": "1"}})
+    assert not (tmp_path / "active").exists()
 
 
 def test_runs_refuse_query_batch_outside_the_episodic_protocol() -> None:
     with pytest.raises(ConfigError, match="the stream protocol predicts other batches: drop --set maml.query_batch"):
-        protocol_for(resolve({"budget": "smoke", "protocol": "stream", "hparams": {"maml": {"query_batch": 1}}}))
-    protocol_for(resolve({"budget": "smoke", "hparams": {"maml": {"query_batch": 1}}}))  # episodic: allowed
-    protocol_for(resolve({"budget": "smoke", "protocol": "stream", "hparams": {"maml": {"query_batch": "0"}}}))
+        resolve({"budget": "smoke", "protocol": "stream", "hparams": {"maml": {"query_batch": 1}}})
+    assert resolve({"budget": "smoke", "hparams": {"maml": {"query_batch": 1}}}).hparams["maml"]["query_batch"] == 1
+    resolve({"budget": "smoke", "protocol": "stream", "hparams": {"maml": {"query_batch": "0"}}})  # 0: all at once
+    # a learner the run does not train is not checked
+    resolve({"budget": "smoke", "protocol": "stream", "learners": "protonet", "hparams": {"maml": {"query_batch": 1}}})

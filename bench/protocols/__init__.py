@@ -180,35 +180,30 @@ def protocol_class(name: str, kind: str) -> type[EvaluationProtocol]:
     return cls
 
 
-def check_query_batch(protocol: str, hparams: Mapping[str, Mapping[str, Any]]) -> None:
+def check_query_batch(protocol: str, configs: Mapping[str, Any]) -> None:
     """Refuse a learner's ``query_batch`` (:mod:`metabench.algorithms.transductive`) outside the
     episodic protocol, whose test episodes are the only class-major query sets.
 
     Args:
-        protocol: the protocol's name. hparams: learner -> hyperparameter overrides.
+        protocol: the protocol's name.
+        configs: learner name -> its hyperparameters (the learner's ``Config``, as built).
 
     Raises:
         ConfigError: naming the learner and the setting to drop.
     """
     if protocol == "episodic":
         return
-    for learner, values in hparams.items():
-        if str(values.get("query_batch", 0)).strip() not in ("0", ""):
+    for learner, config in configs.items():
+        if getattr(config, "query_batch", 0):
             raise ConfigError(f"{learner}.query_batch groups the query sets of episodic test episodes; the {protocol} "
                               f"protocol predicts other batches: drop --set {learner}.query_batch")
 
 
 def protocol_for(config: Any) -> EvaluationProtocol:
-    """The protocol of a :class:`~metabench.config.RunConfig`, with its settings.
-
-    Raises:
-        ConfigError: for a learner's ``query_batch`` outside the episodic protocol
-            (:func:`check_query_batch`).
-    """
+    """The protocol of a :class:`~metabench.config.RunConfig`, with its settings."""
     from metabench.datasets import DATASETS
 
     kind = DATASETS[config.dataset].kind
     cls = protocol_class(config.protocol or standard(kind), kind)
-    check_query_batch(cls.name, config.hparams)
     return cls(cls.make_settings(dict(config.protocol_settings)))
 
