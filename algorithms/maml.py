@@ -48,7 +48,7 @@ from .maml_core import (
     meta_gradient,
 )
 from .protocol import EpisodeShape, MetaLearner, StepResult
-from .transductive import forward_in_groups, merge_groups, query_groups
+from .transductive import forward_in_groups, query_groups
 
 
 @dataclass(frozen=True)
@@ -274,20 +274,14 @@ class MAML(MetaLearner):
     def predict_steps(self, episode: Episode, steps: Sequence[int]) -> dict[int, torch.Tensor]:
         """Query outputs after each of ``steps`` test-time gradient steps with step size
         ``inner_lr`` (see :func:`~metabench.algorithms.maml_core.adapt_and_predict`), the queries
-        in batches of ``query_batch`` per class as in :meth:`predict` (the support set adapted
-        again for each batch: the same adaptation, which does not depend on the queries).
+        in batches of ``query_batch`` per class as in :meth:`predict`.
 
         Raises:
             ValueError: for a ``query_batch`` and a query set that is not class-major.
         """
         params = dict(self._model.named_parameters())
-        groups = query_groups(episode, self.config.query_batch)
-        if groups is None:
-            return adapt_and_predict(self._backbone, params, episode.support_x, episode.support_y,
-                                     episode.query_x, self.inner_lr, steps)
-        parts = [adapt_and_predict(self._backbone, params, episode.support_x, episode.support_y,
-                                   episode.query_x[rows], self.inner_lr, steps) for rows in groups]
-        return {s: merge_groups([part[s] for part in parts], groups) for s in steps}
+        return adapt_and_predict(self._backbone, params, episode.support_x, episode.support_y,
+                                 episode.query_x, self.inner_lr, steps, query_groups(episode, self.config.query_batch))
 
 
 @dataclass(frozen=True)

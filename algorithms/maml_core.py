@@ -77,6 +77,7 @@ from .backbones import (
     mlp_forward,
     mlp_tasks_forward,
 )
+from .transductive import forward_in_groups
 
 Params = dict[str, torch.Tensor]
 #: alpha: one inner learning rate for every parameter, or one per parameter name (every name of
@@ -318,6 +319,7 @@ def adapt_and_predict(
     query_x: torch.Tensor,
     inner_lr: InnerLR,
     steps: Sequence[int],
+    groups: list[torch.Tensor] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Test-time adaptation (Eq. 1 without a graph) recording the query outputs after each
     number of gradient steps in ``steps`` (Finn et al. 2017, Fig. 3 plots the MSE after 0..10).
@@ -326,6 +328,8 @@ def adapt_and_predict(
         params: theta, name -> tensor (detached copies are used; ``params`` is not modified).
         support_x: ``[M, ...]``; support_y: ``[M, ...]``; query_x: ``[Q, ...]``.
         inner_lr: the step size (:data:`InnerLR`). steps: step counts (>= 0), any order.
+        groups: the transductive batches the queries are predicted in
+            (:func:`~metabench.algorithms.transductive.query_groups`; ``None``: one batch).
 
     Returns:
         ``{s: outputs [Q, ...]}`` (detached) for every ``s`` in ``steps``.
@@ -342,7 +346,7 @@ def adapt_and_predict(
     for step in range(wanted[-1] + 1 if wanted else 0):
         if step in wanted:
             with torch.no_grad():
-                out[step] = backbone.forward(fast, query_x, "native")
+                out[step] = forward_in_groups(lambda x, fast=fast: backbone.forward(fast, x, "native"), query_x, groups)
         if step < wanted[-1]:
             with torch.enable_grad():
                 leaves = {n: p.requires_grad_(True) for n, p in fast.items()}
