@@ -44,8 +44,9 @@ def query_groups(episode: Episode, per_class: int) -> list[torch.Tensor] | None:
 
     Raises:
         ValueError: for a negative ``per_class``, or a query set that is not ``ways * queries``
-            images labelled in class-major order, naming the setting to drop (runs refuse ``query_batch`` outside the episodic
-            protocol before they start: :func:`metabench.protocols.check_query_batch`).
+            images labelled in class-major order, naming the setting to drop (runs refuse
+            ``query_batch`` outside the episodic protocol before they start:
+            :func:`metabench.protocols.check_query_batch`).
     """
     if per_class < 0:
         raise ValueError(f"query_batch must be >= 0 (0: all queries in one batch), got {per_class}")
@@ -58,7 +59,8 @@ def query_groups(episode: Episode, per_class: int) -> list[torch.Tensor] | None:
     class_major = torch.arange(ways, device=device).repeat_interleave(queries)
     if episode.query_x.shape[0] != ways * queries or not torch.equal(episode.query_y.to(device), class_major):
         raise ValueError(f"query_batch={per_class} needs a query set of {ways} x {queries} images in class-major order, "
-                         f"got {episode.query_x.shape[0]} images: drop --set <learner>.query_batch for this protocol")
+                         f"got {episode.query_x.shape[0]} images labelled in another order or number: "
+                         "drop --set <learner>.query_batch for this protocol")
     rows = torch.arange(ways * queries, device=device).reshape(ways, queries)
     return [rows[:, start:start + per_class].reshape(-1) for start in range(0, queries, per_class)]
 
